@@ -295,8 +295,15 @@ class _Query:
         )
         if _is_textual(t):
             raw = f"NULLIF(trim({col}), '')"
-            aware = f"regexp_matches({raw}, '(Z|z|[+-][0-9]{{2}}(:?[0-9]{{2}})?|[ ]?(UTC|GMT))$')"
-            parsed_aware = f"TRY_CAST({raw} AS TIMESTAMPTZ)"
+            # Plain numbers are epoch times in the declared unit (epochs are UTC by definition).
+            epoch = f"regexp_full_match({raw}, '[0-9]+([.][0-9]*)?')"
+            micros = _UNIT_TO_MICROS[unit]
+            from_epoch = f"make_timestamptz(CAST(round(CAST({raw} AS DOUBLE) * {micros}) AS BIGINT))"
+            aware = f"({epoch} OR regexp_matches({raw}, '(Z|z|[+-][0-9]{{2}}(:?[0-9]{{2}})?|[ ]?(UTC|GMT))$'))"
+            parsed_aware = (
+                f"CASE WHEN {epoch} THEN CASE WHEN length({raw}) < 18 THEN {from_epoch} END "
+                f"ELSE TRY_CAST({raw} AS TIMESTAMPTZ) END"
+            )
             if assume_tz is None:
                 self.check(f"{raw} IS NOT NULL AND NOT {aware}", name, col, tz_hint)
                 value = f"CASE WHEN {aware} THEN {parsed_aware} END"
