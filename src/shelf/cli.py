@@ -1,0 +1,324 @@
+"""The ``shelf`` command. Every subcommand has --help; a bad input exits non-zero with one line."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+
+from shelf.errors import ShelfError
+from shelf.settings import Settings
+
+EXIT_BAD_INPUT = 2
+
+
+@dataclass
+class _App:
+    settings: Settings
+
+    def lake(self, create: bool = True) -> Any:
+        from shelf.lake import Lake
+
+        return Lake.open(self.settings.home, create=create)
+
+    def pseudonymizer(self) -> Any:
+        from shelf.privacy import Pseudonymizer
+
+        return Pseudonymizer(self.settings.require_pseudonym_key())
+
+
+class _ShelfGroup(click.Group):
+    """Turns ShelfError into one line on stderr and a non-zero exit, never a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ShelfError as error:
+            click.echo(f"shelf: error: {error}", err=True)
+            ctx.exit(EXIT_BAD_INPUT)
+
+
+@click.group(cls=_ShelfGroup)
+@click.option(
+    "--home",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Workspace folder (env SHELF_HOME, default ./shelf-home).",
+)
+@click.option("--dev", is_flag=True, default=None, help="Development mode: allows the built-in pseudonym key (env SHELF_DEV).")
+@click.pass_context
+def main(ctx: click.Context, home: Path | None, dev: bool | None) -> None:
+    """shelf: a self-hosted recommendation engine for online shops."""
+    ctx.obj = _App(Settings.load(home=home, dev_mode=dev))
+
+
+def _app(ctx: click.Context) -> _App:
+    app = ctx.find_object(_App)
+    assert app is not None
+    return app
+
+
+# ------------------------------------------------------------------------------------------------
+# ingest
+
+
+@main.group()
+def ingest() -> None:
+    """Load events, items or users from files into the lake."""
+
+
+def _read_options(
+    fmt: str | None,
+    mapping: str | None,
+    types: str | None,
+    no_header: bool,
+    columns: str | None,
+    delimiter: str | None,
+    encoding: str,
+) -> Any:
+    from shelf.datasets.readers import ReadOptions, parse_pairs
+
+    return ReadOptions(
+        format=fmt,
+        mapping=parse_pairs(mapping) if mapping else {},
+        type_map=parse_pairs(types, canonical_keys=False) if types else {},
+        no_header=no_header,
+        columns=[c.strip() for c in columns.split(",")] if columns else None,
+        delimiter=delimiter,
+        encoding=encoding,
+    )
+
+
+def _file_options(fn: Any) -> Any:
+    options = [
+        click.argument("path", type=click.Path(dir_okay=False, path_type=Path)),
+        click.option("--format", "fmt", type=click.Choice(["csv", "tsv", "jsonl", "parquet"]), default=None, help="File format (default: from the file name)."),
+        click.option("--map", "mapping", default=None, help="field=column pairs, e.g. user=visitorid,item=itemid,type=event,timestamp=ts"),
+        click.option("--no-header", is_flag=True, help="The file has no header row (name the columns with --columns)."),
+        click.option("--columns", default=None, help="Column names for a file without a header, e.g. user,item,category,type,timestamp"),
+        click.option("--delimiter", default=None, help="CSV delimiter (default , or tab for .tsv)."),
+        click.option("--encoding", default="utf-8", show_default=True, help="Text encoding, e.g. latin-1."),
+        click.option("--timezone", default=None, help="Declare the zone of naive timestamps (e.g. Europe/Berlin); without it they are refused."),
+        click.option("--max-rejects", type=int, default=None, help="Abort, ingesting nothing, if more records than this are refused."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _run_ingest(app: _App, kind: str, path: Path, batches: Iterable[Any], rules: Any, max_rejects: int | None) -> None:
+    from shelf.ingest import ingest as run
+
+    lake = app.lake()
+    with _progress(f"ingest {kind}") as tick:
+        report = run(
+            lake,
+            kind,  # type: ignore[arg-type]
+            batches,
+            pseudonymizer=app.pseudonymizer(),
+            home=app.settings.home,
+            source=str(path),
+            rules=rules,
+            max_rejects=max_rejects,
+            progress=tick,
+        )
+    click.echo(report.summary())
+
+
+@ingest.command("events")
+@_file_options
+@click.option("--types", default=None, help="source=canonical event-type pairs, e.g. pv=view,buy=purchase")
+@click.option("--time-unit", type=click.Choice(["s", "ms", "us"]), default="s", show_default=True, help="Unit of numeric (epoch) timestamps.")
+@click.option("--event-type", "extra_types", multiple=True, help="Accept an extra event type besides the built-in ones (repeatable).")
+@click.pass_context
+def ingest_events(ctx: click.Context, path: Path, fmt: str | None, mapping: str | None, no_header: bool, columns: str | None,
+                  delimiter: str | None, encoding: str, timezone: str | None, max_rejects: int | None, types: str | None,
+                  time_unit: str, extra_types: tuple[str, ...]) -> None:
+    """Ingest events (views, carts, purchases, ratings...) from CSV, TSV, JSONL or Parquet."""
+    from shelf.datasets.readers import read_records
+    from shelf.schema import BUILTIN_EVENT_TYPES, EventRules
+
+    app = _app(ctx)
+    options = _read_options(fmt, mapping, types, no_header, columns, delimiter, encoding)
+    rules = EventRules(
+        event_types=frozenset(BUILTIN_EVENT_TYPES) | frozenset(extra_types),
+        time_unit=time_unit,  # type: ignore[arg-type]
+        assume_timezone=timezone,
+    )
+    _run_ingest(app, "events", path, read_records(path, kind="events", options=options), rules, max_rejects)
+
+
+@ingest.command("items")
+@_file_options
+@click.pass_context
+def ingest_items(ctx: click.Context, path: Path, fmt: str | None, mapping: str | None, no_header: bool, columns: str | None,
+                 delimiter: str | None, encoding: str, timezone: str | None, max_rejects: int | None) -> None:
+    """Ingest catalogue records (a changed price or stock becomes a new version from updated_at)."""
+    from shelf.datasets.readers import read_records
+    from shelf.schema import EventRules
+
+    app = _app(ctx)
+    options = _read_options(fmt, mapping, None, no_header, columns, delimiter, encoding)
+    _run_ingest(app, "items", path, read_records(path, kind="items", options=options), EventRules(assume_timezone=timezone), max_rejects)
+
+
+@ingest.command("users")
+@_file_options
+@click.pass_context
+def ingest_users(ctx: click.Context, path: Path, fmt: str | None, mapping: str | None, no_header: bool, columns: str | None,
+                 delimiter: str | None, encoding: str, timezone: str | None, max_rejects: int | None) -> None:
+    """Ingest user profiles (ids are pseudonymized with the same key as events)."""
+    from shelf.datasets.readers import read_records
+    from shelf.schema import EventRules
+
+    app = _app(ctx)
+    options = _read_options(fmt, mapping, None, no_header, columns, delimiter, encoding)
+    _run_ingest(app, "users", path, read_records(path, kind="users", options=options), EventRules(assume_timezone=timezone), max_rejects)
+
+
+@ingest.command("dataset")
+@click.argument("name", type=click.Choice(["rees46", "movielens", "yoochoose", "otto"]))
+@click.argument("path", type=click.Path(file_okay=False, path_type=Path), required=False)
+@click.pass_context
+def ingest_dataset(ctx: click.Context, name: str, path: Path | None) -> None:
+    """Load a public data set (default location: ../shared/data) with its items and users."""
+    app = _app(ctx)
+    _ingest_public(app, name, path)
+
+
+def _ingest_public(app: _App, name: str, path: Path | None) -> None:
+    from shelf.datasets import public
+
+    source = public.load(name, path)
+    for kind in ("items", "users", "events"):
+        batches = source.batches(kind)
+        if batches is None:
+            continue
+        _run_ingest(app, kind, Path(source.location), batches, source.rules, None)
+
+
+# ------------------------------------------------------------------------------------------------
+# simulate
+
+
+@main.command()
+@click.option("--users", type=int, default=2_000, show_default=True)
+@click.option("--items", type=int, default=1_000, show_default=True)
+@click.option("--days", type=int, default=14, show_default=True)
+@click.option("--seed", type=int, default=7, show_default=True)
+@click.pass_context
+def simulate(ctx: click.Context, users: int, items: int, days: int, seed: int) -> None:
+    """Simulate a shop (catalogue, shoppers, sessions) and write it straight into the lake."""
+    _simulate(_app(ctx), users=users, items=items, days=days, seed=seed)
+
+
+def _simulate(app: _App, *, users: int, items: int, days: int, seed: int) -> None:
+    from shelf.datasets.simulate import SimulationConfig, Simulator
+
+    try:
+        config = SimulationConfig(users=users, items=items, days=days, seed=seed)
+    except ValueError as error:
+        raise click.BadParameter(str(error)) from error
+    sim = Simulator(config)
+    label = f"simulated shop (seed {seed})"
+    _run_ingest(app, "items", Path(label), _whole(sim.items()), None, 0)
+    _run_ingest(app, "users", Path(label), _whole(sim.users()), None, 0)
+    _run_ingest(app, "events", Path(label), _chunks(sim.events()), None, 0)
+
+
+def _whole(table: Any) -> Iterator[Any]:
+    yield from _chunks([table])
+
+
+def _chunks(tables: Iterable[Any]) -> Iterator[Any]:
+    import pyarrow as pa
+
+    first = 1
+    for table in tables:
+        positions = pa.array(range(first, first + table.num_rows), type=pa.int64())
+        first += table.num_rows
+        yield _Batch(table, positions, [])
+
+
+@dataclass(frozen=True)
+class _Batch:
+    """Generated records, numbered in order (satisfies shelf.ingest.RawInput)."""
+
+    table: Any
+    positions: Any
+    problems: list[Any]
+
+
+# ------------------------------------------------------------------------------------------------
+# lake
+
+
+@main.group()
+def lake() -> None:
+    """Inspect the lake."""
+
+
+@lake.command("stats")
+@click.pass_context
+def lake_stats(ctx: click.Context) -> None:
+    """Counts by event type, time span, users, items, sessions."""
+    stats = _app(ctx).lake(create=False).stats()
+    click.echo(str(stats))
+
+
+# ------------------------------------------------------------------------------------------------
+# demo
+
+
+@main.command()
+@click.option("--dataset", type=click.Choice(["simulated", "rees46", "movielens", "yoochoose"]), default="simulated", show_default=True,
+              help="Which shop to run on: a simulated one, or a public data set from ../shared/data.")
+@click.option("--users", type=int, default=2_000, show_default=True, help="Simulated shoppers.")
+@click.option("--items", type=int, default=1_000, show_default=True, help="Simulated catalogue size.")
+@click.option("--days", type=int, default=14, show_default=True, help="Simulated days.")
+@click.pass_context
+def demo(ctx: click.Context, dataset: str, users: int, items: int, days: int) -> None:
+    """The main job on the embedded default: build a shop's lake and show what was built."""
+    app = _app(ctx)
+    click.echo(f"shelf demo: workspace {app.settings.home.resolve()}")
+    existing = app.lake().stats()
+    if getattr(existing, "events", 0):
+        click.echo("the lake already holds events; ingest is idempotent, so this adds nothing twice")
+    if dataset == "simulated":
+        _simulate(app, users=users, items=items, days=days, seed=7)
+    else:
+        _ingest_public(app, dataset, None)
+    click.echo("")
+    click.echo(str(app.lake(create=False).stats()))
+
+
+# ------------------------------------------------------------------------------------------------
+# helpers
+
+
+class _progress:
+    """A tqdm bar on stderr, only when stderr is a terminal (logs stay clean in CI)."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.bar: Any = None
+
+    def __enter__(self) -> Any:
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(desc=self.label, unit=" rec", unit_scale=True, file=sys.stderr)
+            return self.bar.update
+        return lambda n: None
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,180 @@
+"""The ingest pipeline: raw batches → strict validation → pseudonymization → the lake.
+
+Documented behaviour on bad input: every valid record lands; every refused record is reported by
+line with its reason, and all of them are written to a rejects file under ``<home>/rejects/`` so
+nothing is lost from sight. With ``max_rejects`` set, an ingest that refuses more records than
+that is aborted whole and the lake is left unchanged (the writer session never commits).
+A whole ingest commits at once: it lands completely or not at all.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal, Protocol
+
+import orjson
+import pyarrow as pa
+
+from shelf.errors import InputError
+from shelf.privacy import Pseudonymizer
+from shelf.schema import EventRules, RecordError, ValidatedBatch, validate_events, validate_items, validate_users
+
+Kind = Literal["events", "items", "users"]
+# How many reasons a report keeps in memory for printing; the rejects file has all of them.
+KEPT_ERRORS = 200
+
+
+class TooManyRejects(InputError):
+    """More records were refused than the caller allowed; nothing was committed."""
+
+
+@dataclass
+class IngestReport:
+    """What one ingest did, in numbers a data engineer checks first."""
+
+    source: str
+    kind: Kind
+    read: int = 0
+    added: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+    unreadable: int = 0  # rows that could not even be parsed (truncated line, wrong column count)
+    errors: list[RecordError] = field(default_factory=list)
+    rejects_file: Path | None = None
+    seconds: float = 0.0
+
+    @property
+    def per_second(self) -> float:
+        return self.read / self.seconds if self.seconds > 0 else 0.0
+
+    def summary(self) -> str:
+        lines = [
+            f"{self.kind} from {self.source}: read {self.read:,}, added {self.added:,}, "
+            f"duplicates skipped {self.duplicates:,}, rejected {self.rejected:,}, unreadable {self.unreadable:,} "
+            f"({self.seconds:.1f} s, {self.per_second:,.0f} records/s)"
+        ]
+        shown = self.errors[:10]
+        lines += [f"  {e}" for e in shown]
+        total_errors = self.rejected + self.unreadable
+        if total_errors > len(shown):
+            lines.append(f"  ... and more; every reason is in {self.rejects_file}")
+        elif self.rejects_file is not None:
+            lines.append(f"  all reasons: {self.rejects_file}")
+        return "\n".join(lines)
+
+
+class RawInput(Protocol):
+    """One batch of raw records as a reader produces it (``shelf.datasets.readers.RawBatch``)."""
+
+    table: pa.Table
+    positions: pa.Array
+    problems: list[RecordError]
+
+
+class _RejectsLog:
+    """Appends every refused record's reasons to a JSONL file, opened on the first one."""
+
+    def __init__(self, home: Path, source: str, kind: Kind) -> None:
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in Path(source).name)[:80] or "input"
+        self.path = home / "rejects" / f"{stamp}-{kind}-{safe}.jsonl"
+        self._handle = None
+
+    def write(self, errors: Iterable[RecordError]) -> None:
+        for error in errors:
+            if self._handle is None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._handle = self.path.open("ab")
+            record = {
+                "source": error.source,
+                "line": error.position,
+                "field": error.field,
+                "value": error.value,
+                "expected": error.expected,
+            }
+            self._handle.write(orjson.dumps(record) + b"\n")
+
+    def close(self) -> Path | None:
+        if self._handle is None:
+            return None
+        self._handle.close()
+        return self.path
+
+
+def _validator(
+    kind: Kind,
+    pseudonymizer: Pseudonymizer,
+    rules: EventRules,
+    source: str,
+) -> Callable[[pa.Table, pa.Array], ValidatedBatch]:
+    if kind == "events":
+        return lambda t, pos: validate_events(t, pseudonymizer=pseudonymizer, rules=rules, positions=pos, source=source)
+    if kind == "items":
+        return lambda t, pos: validate_items(t, assume_timezone=rules.assume_timezone, positions=pos, source=source)
+    return lambda t, pos: validate_users(
+        t, pseudonymizer=pseudonymizer, assume_timezone=rules.assume_timezone, positions=pos, source=source
+    )
+
+
+def ingest(
+    lake: object,
+    kind: Kind,
+    batches: Iterable[RawInput],
+    *,
+    pseudonymizer: Pseudonymizer,
+    home: Path,
+    source: str,
+    rules: EventRules | None = None,
+    max_rejects: int | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> IngestReport:
+    """Validate and append every batch in one writer session (all lands, or nothing does)."""
+    rules = rules or EventRules()
+    report = IngestReport(source=source, kind=kind)
+    validate = _validator(kind, pseudonymizer, rules, source)
+    rejects = _RejectsLog(home, source, kind)
+    started = time.perf_counter()
+    try:
+        with lake.writer() as writer:  # type: ignore[attr-defined]
+            append = {
+                "events": writer.append_events,
+                "items": writer.append_items,
+                "users": writer.append_users,
+            }[kind]
+            for batch in batches:
+                table, positions, problems = batch.table, batch.positions, batch.problems
+                report.unreadable += len(problems)
+                report.read += table.num_rows + len(problems)
+                _keep(report, problems)
+                rejects.write(problems)
+                if table.num_rows == 0:
+                    continue
+                checked = validate(table, positions)
+                report.rejected += checked.rejected
+                _keep(report, checked.errors)
+                rejects.write(checked.errors)
+                if max_rejects is not None and report.rejected + report.unreadable > max_rejects:
+                    raise TooManyRejects(
+                        f"{source}: {report.rejected + report.unreadable:,} records refused, more than "
+                        f"--max-rejects {max_rejects:,}; nothing was ingested. First: {report.errors[0]}"
+                    )
+                if checked.valid.num_rows:
+                    appended = append(checked.valid)
+                    report.added += appended.added
+                    report.duplicates += appended.duplicates
+                if progress is not None:
+                    progress(table.num_rows + len(problems))
+    finally:
+        report.rejects_file = rejects.close()
+        report.seconds = time.perf_counter() - started
+    return report
+
+
+def _keep(report: IngestReport, errors: list[RecordError]) -> None:
+    room = KEPT_ERRORS - len(report.errors)
+    if room > 0:
+        report.errors.extend(errors[:room])
