@@ -16,7 +16,7 @@ $(VENV)/.created:
 	touch $@
 
 $(VENV)/.installed: $(VENV)/.created pyproject.toml
-	$(PIP) install -q $(PIPFLAGS) -e '.[models,ann]'
+	$(PIP) install -q $(PIPFLAGS) -e '.[models,ann,serve]'
 	touch $@
 
 $(VENV)/.dev-installed: $(VENV)/.installed
