@@ -282,7 +282,12 @@ class _Query:
             )
         return value
 
-    def timestamp(self, name: str, *, required: bool, unit: TimeUnit, assume_tz: str | None) -> str:
+    def timestamp(
+        self, name: str, *, required: bool, unit: TimeUnit, assume_tz: str | None, min_year: int = MIN_TIMESTAMP_YEAR
+    ) -> str:
+        """A timezone-aware time. Epoch numbers must fall in 1971..2200 (a wrong unit lands far
+        outside); written dates must fall in ``min_year``..2200 (events: 1971; a catalogue may
+        hold films from 1930)."""
         if not self.has(name):
             if required:
                 raise InputError(f"required column {name!r} is missing")
@@ -337,12 +342,21 @@ class _Query:
             value = "CAST(NULL AS TIMESTAMPTZ)"
         if required:
             self.check(f"{col} IS NULL", name, col, "a timestamp")
+        is_epoch = (
+            epoch
+            if _is_textual(t)
+            else ("true" if pa.types.is_integer(t) or pa.types.is_floating(t) else "false")
+        )
+        out_of_range = (
+            f"(year({value}) > {MAX_TIMESTAMP_YEAR} OR year({value}) < "
+            f"CASE WHEN {is_epoch} THEN {MIN_TIMESTAMP_YEAR} ELSE {min_year} END)"
+        )
         self.check(
-            f"{value} IS NOT NULL AND (year({value}) < {MIN_TIMESTAMP_YEAR} OR year({value}) > {MAX_TIMESTAMP_YEAR})",
+            f"{value} IS NOT NULL AND {out_of_range}",
             name,
             col,
-            f"a time between {MIN_TIMESTAMP_YEAR} and {MAX_TIMESTAMP_YEAR} (is the time unit right? "
-            f"it was read as {unit})",
+            f"a time between {min_year} and {MAX_TIMESTAMP_YEAR} (epoch numbers: {MIN_TIMESTAMP_YEAR} onwards; "
+            f"is the time unit right? it was read as {unit})",
         )
         return value
 
@@ -523,8 +537,8 @@ def validate_items(
     table = _with_positions(table, positions, first_position)
     q = _Query(table)
     item = q.text("item_id", required=True, max_len=MAX_ID_LENGTH, expected="an item id")
-    launched = q.timestamp("launched_at", required=False, unit="s", assume_tz=assume_timezone)
-    valid_from = q.timestamp("valid_from", required=False, unit="s", assume_tz=assume_timezone)
+    launched = q.timestamp("launched_at", required=False, unit="s", assume_tz=assume_timezone, min_year=1800)
+    valid_from = q.timestamp("valid_from", required=False, unit="s", assume_tz=assume_timezone, min_year=1800)
     fallback = f"TIMESTAMPTZ {_sql_str(default_valid_from)}" if default_valid_from else "TIMESTAMPTZ '1971-01-01 00:00:00+00'"
     attributes = q.text("attributes", required=False, max_len=64 * 1024)
     if q.has("attributes"):
@@ -587,8 +601,8 @@ def validate_users(
             _check_column_kind(name, table.schema.field(name).type, kind)
     table = _with_positions(table, positions, first_position)
     q = _Query(table)
-    signed = q.timestamp("signed_up_at", required=False, unit="s", assume_tz=assume_timezone)
-    valid_from = q.timestamp("valid_from", required=False, unit="s", assume_tz=assume_timezone)
+    signed = q.timestamp("signed_up_at", required=False, unit="s", assume_tz=assume_timezone, min_year=1900)
+    valid_from = q.timestamp("valid_from", required=False, unit="s", assume_tz=assume_timezone, min_year=1900)
     fallback = f"TIMESTAMPTZ {_sql_str(default_valid_from)}" if default_valid_from else "TIMESTAMPTZ '1971-01-01 00:00:00+00'"
     select = [
         ("user_id", q.text("user_id", required=True, max_len=64, expected="a user id")),

@@ -27,7 +27,7 @@ from shelf.datasets.readers import (
     read_records,
 )
 from shelf.errors import InputError
-from shelf.schema import MIN_TIMESTAMP_YEAR, EventRules, RecordError
+from shelf.schema import EventRules, RecordError
 
 Batches = Callable[[], Iterator[RawBatch]]
 
@@ -205,7 +205,7 @@ def _ml_items(path: Path, genres: list[str]) -> Iterator[RawBatch]:
         named = [[g for g, flag in zip(genres, row, strict=True) if flag == "1"] for row in rows]
         dates = _query(
             f"""SELECT strftime(d, '%Y-%m-%d') AS day,
-                CASE WHEN year(d) >= {MIN_TIMESTAMP_YEAR} THEN strftime(d, '%Y-%m-%dT%H:%M:%SZ') END AS launched
+                strftime(d, '%Y-%m-%dT%H:%M:%SZ') AS launched
             FROM (SELECT try_strptime(NULLIF(release_date, ''), '%d-%b-%Y') AS d FROM raw)""",
             raw=t.select(["release_date"]),
         )
@@ -234,8 +234,7 @@ def movielens_100k(folder: str | Path, *, batch_rows: int = DEFAULT_BATCH_ROWS) 
     Canadian postal codes give "CA-<letter>"); occupation is left out (no such user field).
     Movies: category is the first of the movie's genres in u.genre order (one level, not a path);
     all genres, the release date and the IMDb URL go to attributes; launched_at is the release date
-    at 00:00 UTC (one movie has none). Validation refuses times before 1971 (its guard against a
-    wrong epoch unit), so the 176 movies released earlier have their date in attributes only.
+    at 00:00 UTC (one movie has none).
     """
     ratings, user_file, item_file, genre_file = (
         _file(folder, name) for name in ("u.data", "u.user", "u.item", "u.genre")
@@ -255,8 +254,7 @@ def movielens_100k(folder: str | Path, *, batch_rows: int = DEFAULT_BATCH_ROWS) 
             "no sessions in the data: session_id is empty",
             "occupation is not a user field and is left out",
             "item category = first genre; all genres in attributes",
-            "launched_at left empty for movies released before 1971 (validation refuses earlier times); "
-            "attributes.release_date has every date",
+            "launched_at = release date at 00:00 UTC (one movie has none)",
         ),
     )
 
