@@ -85,12 +85,28 @@ def _read_options(
     return ReadOptions(
         format=fmt,
         mapping=parse_pairs(mapping) if mapping else {},
-        type_map=parse_pairs(types, canonical_keys=False) if types else {},
+        type_map=parse_pairs(types) if types else {},
         no_header=no_header,
         columns=[c.strip() for c in columns.split(",")] if columns else None,
         delimiter=delimiter,
         encoding=encoding,
     )
+
+
+# Short names on the command line → folder names in the shared data directory.
+_PUBLIC = {
+    "rees46": "rees46-oct2019-head",
+    "movielens": "movielens-100k",
+    "yoochoose": "yoochoose-rsc15-100k",
+    "otto": "otto-sample",
+}
+
+
+def _default_data_dir() -> Path:
+    import os
+
+    env = os.environ.get("SHELF_SHARED_DATA")
+    return Path(env) if env else Path("../shared/data")
 
 
 def _file_options(fn: Any) -> Any:
@@ -181,24 +197,27 @@ def ingest_users(ctx: click.Context, path: Path, fmt: str | None, mapping: str |
 
 
 @ingest.command("dataset")
-@click.argument("name", type=click.Choice(["rees46", "movielens", "yoochoose", "otto"]))
-@click.argument("path", type=click.Path(file_okay=False, path_type=Path), required=False)
+@click.argument("name", type=click.Choice(sorted(_PUBLIC)))
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder holding the public data sets (env SHELF_SHARED_DATA, default ../shared/data).")
 @click.pass_context
-def ingest_dataset(ctx: click.Context, name: str, path: Path | None) -> None:
-    """Load a public data set (default location: ../shared/data) with its items and users."""
-    app = _app(ctx)
-    _ingest_public(app, name, path)
+def ingest_dataset(ctx: click.Context, name: str, data_dir: Path | None) -> None:
+    """Load a public data set (events, and items and users where it has them)."""
+    _ingest_public(_app(ctx), name, data_dir)
 
 
-def _ingest_public(app: _App, name: str, path: Path | None) -> None:
-    from shelf.datasets import public
+def _ingest_public(app: _App, name: str, data_dir: Path | None) -> None:
+    from shelf.datasets import public_dataset
 
-    source = public.load(name, path)
+    folder = data_dir or _default_data_dir()
+    source = public_dataset(_PUBLIC[name], folder)
+    for note in source.notes:
+        click.echo(f"note ({source.name}): {note}")
     for kind in ("items", "users", "events"):
-        batches = source.batches(kind)
+        batches = getattr(source, kind)
         if batches is None:
             continue
-        _run_ingest(app, kind, Path(source.location), batches, source.rules, None)
+        _run_ingest(app, kind, folder / _PUBLIC[name], batches(), source.rules, None)
 
 
 # ------------------------------------------------------------------------------------------------
