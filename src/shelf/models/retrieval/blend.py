@@ -1,0 +1,396 @@
+"""Blend: merge several retrievers' candidates, keep every source's score, and never come back
+short.
+
+Fusion is weighted reciprocal rank (``rrf``: an item at rank r of source s earns
+``w_s / (rrf_k + r)``) or a weighted sum of min-max normalised scores (``score``), over each
+source's ``candidates_per_source`` best items.
+
+The cold-start chain falls out of the sources and one fallback:
+
+* a shopper with history: every source that knows them (repeat, co-occurrence, ALS, EASE,
+  content) with ``weights``;
+* an unknown shopper with session items: the sources that read sessions (co-occurrence, repeat
+  in session, ALS/EASE fold-in, content) with ``session_weights``;
+* nothing at all: the ``fallback`` source only: segment popularity from the context (region,
+  age band, time of day), which is global trending when the segment is unknown;
+
+and the fallback then fills every list up to ``n`` (and the rest of the catalogue after it), so
+a shopper always gets ``min(n, catalogue size - excluded)`` items.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Self
+
+import numpy as np
+
+from shelf.models.base import Interactions, Query, Retriever, Scored
+from shelf.models.io import (
+    ModelError,
+    ModelFitError,
+    NotFittedError,
+    config_from_dict,
+    config_to_dict,
+    load_bundle,
+    save_bundle,
+)
+from shelf.models.retrieval._base import NEG_INF, check_positive, top_indices, top_indices_rows
+
+Stage = Literal["user", "session", "context"]
+
+
+@dataclass(frozen=True)
+class BlendConfig:
+    """Parameters of ``BlendRetriever``.
+
+    Attributes:
+        weights: per source name, for shoppers with history (a missing source weighs 1.0, 0
+            turns it off).
+        session_weights: per source for anonymous sessions; None reuses ``weights``.
+        fusion: ``rrf`` (weighted reciprocal rank) or ``score`` (normalised score sum).
+        rrf_k: the rank offset of reciprocal-rank fusion (higher flattens).
+        candidates_per_source: how many of each source's best items enter the fusion.
+        fallback: name of the source that fills lists up (popularity); None fills from the
+            catalogue in index order.
+        skip_unfittable: a source (other than the fallback) that cannot fit this data (e.g.
+            content without a catalogue) is left out and listed in ``skipped_sources_`` instead
+            of failing the whole blend.
+        tune: learn ``weights`` and ``session_weights`` in ``fit`` on the last
+            ``tune_holdout_share`` of the training events (see ``shelf.models.retrieval.tuning``);
+            the configured weights are the starting point. Costs a second fit of every source.
+    """
+
+    weights: Mapping[str, float] = field(default_factory=dict)
+    session_weights: Mapping[str, float] | None = None
+    fusion: Literal["rrf", "score"] = "rrf"
+    rrf_k: float = 10.0
+    candidates_per_source: int = 200
+    fallback: str | None = "popularity"
+    skip_unfittable: bool = True
+    tune: bool = False
+    tune_holdout_share: float = 0.2
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """A blended list plus, per source, its raw score for each listed item (NaN: not scored)."""
+
+    scored: Scored
+    source_scores: dict[str, np.ndarray]
+    stage: Stage
+
+
+class BlendRetriever:
+    """Hybrid retriever over named sources, with the cold-start chain built in."""
+
+    name = "blend"
+    config_class = BlendConfig
+
+    def __init__(self, sources: Mapping[str, Any], config: BlendConfig | None = None) -> None:
+        config = BlendConfig() if config is None else config
+        if not isinstance(config, BlendConfig):
+            raise ModelError(f"BlendRetriever takes a BlendConfig, got {type(config).__name__}")
+        if not sources:
+            raise ModelError("BlendRetriever needs at least one source")
+        for name, source in sources.items():
+            if not isinstance(source, Retriever) or not hasattr(source, "score_query"):
+                raise ModelError(f"source {name!r} is not a shelf retriever (needs fit, retrieve, score_query)")
+        if config.fallback is not None and config.fallback not in sources:
+            raise ModelError(f"fallback source {config.fallback!r} is not among the sources {sorted(sources)}")
+        if config.fusion not in ("rrf", "score"):
+            raise ModelError(f"fusion must be 'rrf' or 'score', got {config.fusion!r}")
+        check_positive("rrf_k", config.rrf_k, allow_zero=True)
+        if not 0 < config.tune_holdout_share < 1:
+            raise ModelError(f"tune_holdout_share must lie in (0, 1), got {config.tune_holdout_share!r}")
+        if not isinstance(config.candidates_per_source, int) or config.candidates_per_source < 1:
+            raise ModelError("candidates_per_source must be an integer >= 1")
+        for table in (config.weights, config.session_weights or {}):
+            for name, w in table.items():
+                if name not in sources:
+                    raise ModelError(f"weight given for unknown source {name!r}; sources are {sorted(sources)}")
+                check_positive(f"weight of {name!r}", w, allow_zero=True)
+        self.sources = dict(sources)
+        self.config = config
+
+    def __repr__(self) -> str:
+        return f"BlendRetriever({list(self.sources)}, {self.config!r})"
+
+    # -- fit ------------------------------------------------------------------------------------
+
+    def fit(self, data: Interactions) -> Self:
+        """Fit every source on ``data`` (skipping, if configured, those that cannot learn from it)."""
+        skipped: dict[str, str] = {}
+        for name, source in self.sources.items():
+            try:
+                source.fit(data)
+            except ModelFitError as e:
+                if not self.config.skip_unfittable or name == self.config.fallback:
+                    raise
+                skipped[name] = str(e)
+        if len(skipped) == len(self.sources):
+            raise ModelFitError(f"BlendRetriever: no source could fit: {skipped}")
+        self.item_ids_ = np.asarray(data.items.ids, dtype=object).copy()
+        self.skipped_sources_ = skipped
+        self.weights_ = dict(self.config.weights)
+        self.session_weights_ = None if self.config.session_weights is None else dict(self.config.session_weights)
+        self.tuning_report_ = None
+        if self.config.tune:
+            from shelf.models.retrieval.tuning import tune_weights
+
+            try:
+                report = tune_weights(self, data, holdout_share=self.config.tune_holdout_share)
+            except ModelFitError as e:
+                self.tuning_report_ = str(e)  # too little data to tune: the configured weights stay
+            else:
+                self.weights_, self.session_weights_ = report.weights, report.session_weights
+                self.tuning_report_ = report
+        return self
+
+    @property
+    def is_fitted(self) -> bool:
+        return hasattr(self, "item_ids_")
+
+    def _check_fitted(self) -> None:
+        if not self.is_fitted:
+            raise NotFittedError("BlendRetriever is not fitted; call fit(data) or load(path) first")
+
+    @property
+    def active_sources(self) -> dict[str, Any]:
+        self._check_fitted()
+        return {k: v for k, v in self.sources.items() if k not in self.skipped_sources_}
+
+    # -- routing --------------------------------------------------------------------------------
+
+    def stage(self, query: Query) -> Stage:
+        """Which link of the cold-start chain serves ``query``."""
+        self._check_fitted()
+        sources = self.active_sources.values()
+        if query.user_id is not None and any(s.user_index(query.user_id) >= 0 for s in sources):
+            return "user"
+        if any(len(s.item_indices(query.session_items)) for s in sources):
+            return "session"
+        return "context"
+
+    def weights_for(self, stage: Stage) -> dict[str, float]:
+        """Effective weight of each active source at a stage (context: the fallback only)."""
+        active = self.active_sources
+        if stage == "context":
+            return {name: 1.0 for name in active if name == self.config.fallback}
+        table = self.weights_ if stage == "user" else (self.session_weights_ or self.weights_)
+        return {name: float(table.get(name, 1.0)) for name in active}
+
+    # -- fusion ---------------------------------------------------------------------------------
+
+    def _contributions(self, ranked: np.ndarray, values: np.ndarray, weight: float) -> np.ndarray:
+        if self.config.fusion == "rrf":
+            ranks = np.arange(1, ranked.shape[-1] + 1, dtype=np.float64)
+            return np.broadcast_to(weight / (self.config.rrf_k + ranks), ranked.shape).copy()
+        lo = values.min(axis=-1, keepdims=True)
+        hi = values.max(axis=-1, keepdims=True)
+        span = np.where(hi > lo, hi - lo, 1.0)
+        return weight * (0.1 + 0.9 * (values - lo) / span)
+
+    def _fill_order(self, raw: Mapping[str, np.ndarray]) -> np.ndarray:
+        """Scores that order the filler items: the fallback's, then catalogue order."""
+        n = len(self.item_ids_)
+        base = -np.arange(n, dtype=np.float64) / max(n, 1)  # catalogue order, in [-1, 0]
+        fallback = self.config.fallback
+        if fallback is None or fallback not in raw:
+            return base
+        fb = raw[fallback].astype(np.float64)
+        finite = np.isfinite(fb)
+        if not finite.any():
+            return base
+        lo, hi = fb[finite].min(), fb[finite].max()
+        norm = (fb - lo) / (hi - lo) if hi > lo else np.zeros_like(fb)
+        return np.where(finite, 1.0 + norm, 0.0) + base * 1e-3
+
+    def candidates(self, query: Query, n: int) -> Candidates:
+        """The blended top ``n`` with every source's raw score per item (for the ranking stage)."""
+        if n < 0:
+            raise ModelError(f"n must be >= 0, got {n}")
+        self._check_fitted()
+        stage = self.stage(query)
+        weights = self.weights_for(stage)
+        size = len(self.item_ids_)
+        excluded = np.zeros(size, dtype=bool)
+        if query.exclude:
+            idx = self.items_lookup(query.exclude)
+            excluded[idx[idx >= 0]] = True
+        raw: dict[str, np.ndarray] = {}
+        fused = np.zeros(size, dtype=np.float64)
+        best = np.full(size, -1, dtype=np.int64)
+        best_value = np.zeros(size, dtype=np.float64)
+        names = list(self.active_sources)
+        for s, name in enumerate(names):
+            scores = self.active_sources[name].score_query(query)
+            raw[name] = scores
+            w = weights.get(name, 0.0)
+            if w <= 0 or stage == "context":
+                continue
+            masked = np.where(excluded, NEG_INF, scores)
+            top = top_indices(masked, self.config.candidates_per_source)
+            if len(top) == 0:
+                continue
+            c = self._contributions(top, masked[top].astype(np.float64), w)
+            fused[top] += c
+            better = c > best_value[top]
+            best[top[better]] = s
+            best_value[top[better]] = c[better]
+        names_arr = np.array(names + ["catalogue"], dtype=object)
+        chosen = top_indices(np.where((fused > 0) & ~excluded, fused, -np.inf), n)
+        scores_out = fused[chosen]
+        sources_out = names_arr[best[chosen]]
+        if len(chosen) < n:
+            fill_score = self._fill_order(raw)
+            fill_score[excluded] = -np.inf
+            fill_score[chosen] = -np.inf
+            extra = top_indices(fill_score, n - len(chosen))
+            fallback = self.config.fallback
+            if fallback is not None and fallback in raw:
+                extra_src = np.where(np.isfinite(raw[fallback][extra]), fallback, "catalogue").astype(object)
+            else:
+                extra_src = np.full(len(extra), "catalogue", dtype=object)
+            top_score = scores_out.min() if len(scores_out) else 0.0
+            # Filler ranks below every fused item, keeping the fallback's order.
+            extra_scores = top_score - 1.0 - np.arange(len(extra), dtype=np.float64) / max(len(extra), 1)
+            if len(scores_out) == 0:
+                extra_scores = fill_score[extra]
+            chosen = np.concatenate([chosen, extra])
+            scores_out = np.concatenate([scores_out, extra_scores])
+            sources_out = np.concatenate([sources_out, extra_src])
+        scored = Scored(self.item_ids_[chosen], scores_out.astype(np.float32), sources_out.astype(object))
+        per_source = {name: np.where(np.isfinite(v[chosen]), v[chosen], np.nan).astype(np.float32) for name, v in raw.items()}
+        return Candidates(scored, per_source, stage)
+
+    def items_lookup(self, item_ids: Sequence[str] | frozenset[str]) -> np.ndarray:
+        index = self.__dict__.get("_items_index")
+        if index is None:
+            from shelf.models.base import IdIndex
+
+            index = self.__dict__["_items_index"] = IdIndex(self.item_ids_)
+        return index.lookup(list(item_ids))
+
+    def retrieve(self, query: Query, n: int) -> Scored:
+        """``n`` items (fewer only when the catalogue minus ``exclude`` is smaller)."""
+        return self.candidates(query, n).scored
+
+    def score_users(self, users: np.ndarray) -> np.ndarray:
+        """Blended scores for training users: fused items > 0 > filler (in fallback order)."""
+        self._check_fitted()
+        users = np.asarray(users, dtype=np.int64)
+        size = len(self.item_ids_)
+        fused = np.zeros((len(users), size), dtype=np.float64)
+        raw: dict[str, np.ndarray] = {}
+        weights = self.weights_for("user")
+        for name, source in self.active_sources.items():
+            w = weights.get(name, 0.0)
+            if w <= 0 and name != self.config.fallback:
+                continue
+            scores = source.score_users(users)
+            if name == self.config.fallback:
+                raw[name] = scores
+            if w <= 0:
+                continue
+            fused += w * self.contribution_matrix(scores)
+        fill = np.zeros_like(fused)
+        for row in range(len(users)):
+            fill[row] = self._fill_order({k: v[row] for k, v in raw.items()})
+        # Filler lies strictly below 0 (fill order in [-3, -0.9]); fused items are > 0.
+        out = np.where(fused > 0, fused, fill - 3.0)
+        return out.astype(np.float32)
+
+    def contribution_matrix(self, scores: np.ndarray) -> np.ndarray:
+        """Unit-weight fusion contributions of one source's (queries × items) scores.
+
+        Only each row's ``candidates_per_source`` best finite items contribute; the blend's score
+        is the weighted sum of these matrices over sources (linear in the weights, which is what
+        makes weight tuning cheap).
+        """
+        out = np.zeros(scores.shape, dtype=np.float64)
+        top = top_indices_rows(scores, self.config.candidates_per_source)
+        values = np.take_along_axis(scores, top, axis=1).astype(np.float64)
+        finite = np.isfinite(values)
+        row_min = np.min(np.where(finite, values, np.inf), axis=1, keepdims=True)
+        c = self._contributions(top, np.where(finite, values, row_min), 1.0)
+        np.put_along_axis(out, top, np.where(finite, c, 0.0), axis=1)
+        return out
+
+    # -- fold-in --------------------------------------------------------------------------------
+
+    def fold_in(self, user_id: str, item_ids: Sequence[str], event_types: Sequence[str] | None = None) -> None:
+        """Pass a user's fresh events to every source that can take them without refitting."""
+        self._check_fitted()
+        for source in self.active_sources.values():
+            if hasattr(source, "fold_in"):
+                source.fold_in(user_id, item_ids, event_types)
+
+    # -- persistence ----------------------------------------------------------------------------
+
+    def save(self, path: Path | str) -> Path:
+        self._check_fitted()
+        path = Path(path)
+        entries = []
+        for i, (name, source) in enumerate(self.sources.items()):
+            entry: dict[str, Any] = {"name": name, "kind": source.name}
+            if name in self.skipped_sources_:
+                entry["skipped"] = self.skipped_sources_[name]
+                entry["config"] = config_to_dict(source.config)
+            else:
+                entry["folder"] = f"source-{i}"
+                source.save(path / entry["folder"])
+            entries.append(entry)
+        return save_bundle(
+            path,
+            kind=self.name,
+            config=config_to_dict(self.config),
+            arrays={"item_ids": self.item_ids_},
+            meta={"sources": entries, "weights": self.weights_, "session_weights": self.session_weights_},
+        )
+
+    @classmethod
+    def load(cls, path: Path | str) -> BlendRetriever:
+        from shelf.models.retrieval.registry import retriever_class
+
+        bundle = load_bundle(path, kind=cls.name)
+        sources: dict[str, Any] = {}
+        skipped: dict[str, str] = {}
+        for entry in bundle.meta.get("sources", []):
+            klass = retriever_class(entry["kind"])
+            if "skipped" in entry:
+                sources[entry["name"]] = klass(config_from_dict(klass.config_class, entry["config"]))
+                skipped[entry["name"]] = entry["skipped"]
+            else:
+                sources[entry["name"]] = klass.load(Path(path) / entry["folder"])
+        blend = cls(sources, config_from_dict(BlendConfig, bundle.config))
+        blend.item_ids_ = bundle.arrays["item_ids"]
+        blend.skipped_sources_ = skipped
+        blend.weights_ = {k: float(v) for k, v in bundle.meta.get("weights", blend.config.weights).items()}
+        sw = bundle.meta.get("session_weights")
+        blend.session_weights_ = None if sw is None else {k: float(v) for k, v in sw.items()}
+        blend.tuning_report_ = None
+        return blend
+
+
+def default_blend(seed: int = 0) -> BlendRetriever:
+    """The blend shelf trains by default (weights tuned on validation cuts, see report)."""
+    from shelf.models.retrieval.als import ALSConfig, ALSRetriever
+    from shelf.models.retrieval.content import ContentRetriever
+    from shelf.models.retrieval.cooccurrence import CoOccurrenceRetriever
+    from shelf.models.retrieval.ease import EASERetriever
+    from shelf.models.retrieval.popularity import PopularityRetriever
+    from shelf.models.retrieval.repeat import RepeatRetriever
+
+    sources = {
+        "repeat": RepeatRetriever(),
+        "cooccurrence": CoOccurrenceRetriever(),
+        "als": ALSRetriever(ALSConfig(seed=seed)),
+        "ease": EASERetriever(),
+        "content": ContentRetriever(),
+        "popularity": PopularityRetriever(),
+    }
+    weights = {"repeat": 1.0, "cooccurrence": 1.0, "als": 1.0, "ease": 1.0, "content": 0.3, "popularity": 0.3}
+    return BlendRetriever(sources, BlendConfig(weights=weights, tune=True))

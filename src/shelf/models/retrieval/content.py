@@ -1,0 +1,237 @@
+"""Content: item vectors from catalogue metadata, so that a newly launched item with no events
+can be recommended and has neighbours.
+
+Features per item (from ``Interactions.item_table``, newest version of each item): every level
+of its category path (``cat:electronics``, ``cat:electronics/phone``), its brand, a price band
+(quantiles of log price), title tokens, and simple free attributes (``attr:colour=red``). Each
+feature is weighted by its group weight times an IDF; rows are L2-normalised, so item-item
+similarity is a cosine. A user's profile is the weighted mean of the vectors of their items.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from shelf.models.base import DEFAULT_EVENT_WEIGHTS, Interactions, Query, Scored
+from shelf.models.io import ModelError, ModelFitError, pack_csr, unpack_csr
+from shelf.models.retrieval._base import (
+    NEG_INF,
+    RetrieverBase,
+    check_event_weights,
+    check_positive,
+    latest_rows,
+    positional_weights,
+    top_indices,
+)
+from shelf.schema import category_levels
+
+_TOKEN = re.compile(r"\w+", re.UNICODE)
+
+
+@dataclass(frozen=True)
+class ContentConfig:
+    """Parameters of ``ContentRetriever``.
+
+    Attributes:
+        category_weight / brand_weight / price_weight / title_weight / attribute_weight:
+            weight of each feature group (0 turns it off).
+        price_bands: number of quantile bands of log price.
+        min_token_length: shorter title tokens are dropped.
+        max_token_share: title tokens in more than this share of items are dropped (stop words).
+        session_half_life: session items weigh ``0.5 ** (steps back / session_half_life)``.
+        event_weights: weight of each event type in a user's profile.
+    """
+
+    category_weight: float = 1.0
+    brand_weight: float = 1.0
+    price_weight: float = 0.5
+    title_weight: float = 1.0
+    attribute_weight: float = 0.5
+    price_bands: int = 10
+    min_token_length: int = 2
+    max_token_share: float = 0.3
+    session_half_life: float = 3.0
+    event_weights: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_EVENT_WEIGHTS))
+
+
+def _attribute_features(text: str | None) -> list[str]:
+    if not text:
+        return []
+    try:
+        values = json.loads(text)
+    except ValueError:
+        return []
+    out = []
+    if isinstance(values, dict):
+        for key, value in values.items():
+            for v in value if isinstance(value, list) else [value]:
+                if isinstance(v, (str, int, bool)) and len(str(v)) <= 64:
+                    out.append(f"attr:{key}={str(v).lower()}")
+    return out
+
+
+class ContentRetriever(RetrieverBase):
+    """TF-IDF-like metadata vectors; user profile = mean of their items' vectors."""
+
+    name = "content"
+    config_class = ContentConfig
+
+    def _validate_config(self) -> None:
+        c = self.config
+        for name in ("category_weight", "brand_weight", "price_weight", "title_weight", "attribute_weight"):
+            check_positive(name, getattr(c, name), allow_zero=True)
+        if not isinstance(c.price_bands, int) or c.price_bands < 1:
+            raise ModelError(f"price_bands must be an integer >= 1, got {c.price_bands!r}")
+        if not 0 < c.max_token_share <= 1:
+            raise ModelError(f"max_token_share must lie in (0, 1], got {c.max_token_share!r}")
+        check_positive("session_half_life", c.session_half_life)
+        check_event_weights(c.event_weights)
+
+    def _features(self, data: Interactions) -> tuple[list[list[tuple[str, str]]], np.ndarray]:
+        """Per catalogue row: (group, feature) pairs; and the row's item index."""
+        table = latest_rows(data.item_table, "item_id")
+        if table is None or table.num_rows == 0:
+            raise ModelFitError(
+                "ContentRetriever: no catalogue; build Interactions with item_table=... (ITEM_SCHEMA)"
+            )
+        rows = data.items.lookup(table["item_id"].to_numpy(zero_copy_only=False))
+        column = {name: table[name].to_pylist() if name in table.column_names else [None] * table.num_rows
+                  for name in ("category", "brand", "price", "title", "attributes")}
+        prices = np.array([p if p is not None and p > 0 else np.nan for p in column["price"]], dtype=np.float64)
+        bands = np.full(len(prices), -1)
+        finite = np.isfinite(prices)
+        if finite.any():
+            edges = np.unique(np.quantile(np.log(prices[finite]), np.linspace(0, 1, self.config.price_bands + 1)[1:-1]))
+            bands[finite] = np.searchsorted(edges, np.log(prices[finite]))
+        features = []
+        for r in range(table.num_rows):
+            f: list[tuple[str, str]] = []
+            levels = category_levels(column["category"][r])
+            f += [("category", "cat:" + "/".join(levels[: k + 1]).lower()) for k in range(len(levels))]
+            if column["brand"][r]:
+                f.append(("brand", "brand:" + column["brand"][r].strip().lower()))
+            if bands[r] >= 0:
+                f.append(("price", f"price:{bands[r]}"))
+            title = (column["title"][r] or "").lower()
+            f += [("title", "tok:" + t) for t in _TOKEN.findall(title) if len(t) >= self.config.min_token_length]
+            f += [("attribute", a) for a in _attribute_features(column["attributes"][r])]
+            features.append(f)
+        return features, rows
+
+    def _fit(self, data: Interactions) -> None:
+        c = self.config
+        features, rows = self._features(data)
+        group_weight = {
+            "category": c.category_weight,
+            "brand": c.brand_weight,
+            "price": c.price_weight,
+            "title": c.title_weight,
+            "attribute": c.attribute_weight,
+        }
+        vocabulary: dict[str, int] = {}
+        groups: list[str] = []
+        r_idx, f_idx = [], []
+        for row, feats in zip(rows, features, strict=True):
+            if row < 0:
+                continue
+            for group, name in feats:
+                if group_weight[group] <= 0:
+                    continue
+                j = vocabulary.setdefault(name, len(vocabulary))
+                if j == len(groups):
+                    groups.append(group)
+                r_idx.append(row)
+                f_idx.append(j)
+        n_items = data.n_items
+        tf = sp.csr_matrix(
+            (np.ones(len(r_idx), dtype=np.float32), (np.asarray(r_idx, dtype=np.int64), np.asarray(f_idx, dtype=np.int64))),
+            shape=(n_items, len(vocabulary)),
+        )
+        tf.sum_duplicates()
+        described = max(int((tf.getnnz(axis=1) > 0).sum()), 1)
+        df = np.asarray((tf > 0).sum(axis=0)).ravel()
+        idf = np.log((1.0 + described) / (1.0 + df)) + 1.0
+        weight = np.array([group_weight[g] for g in groups], dtype=np.float64) * idf
+        is_title = np.array([g == "title" for g in groups], dtype=bool)
+        weight[is_title & (df > c.max_token_share * described)] = 0.0
+        # Title tokens: sublinear tf; other groups are binary already.
+        tf.data = 1.0 + np.log(tf.data)
+        x = sp.csr_matrix(tf.multiply(weight[None, :]), dtype=np.float32)
+        x.eliminate_zeros()
+        norms = np.sqrt(np.asarray(x.multiply(x).sum(axis=1)).ravel())
+        x = sp.csr_matrix(x.multiply(1.0 / np.maximum(norms, 1e-12)[:, None]), dtype=np.float32)
+        if x.nnz == 0:
+            raise ModelFitError("ContentRetriever: the catalogue has no usable metadata (category, brand, price, title)")
+        self.item_vectors_ = x
+        self.feature_names_ = np.array(list(vocabulary), dtype=object)
+        self.history_ = data.matrix(c.event_weights)
+
+    # -- scoring --------------------------------------------------------------------------------
+
+    def _profile_rows(self, rows: sp.csr_matrix) -> sp.csr_matrix:
+        """Weighted mean of item vectors per row of an (n × items) weight matrix."""
+        totals = np.asarray(rows.sum(axis=1)).ravel()
+        rows = sp.csr_matrix(rows.multiply(1.0 / np.maximum(totals, 1e-12)[:, None]))
+        return rows @ self.item_vectors_
+
+    def _scores_from_weights(self, rows: sp.csr_matrix) -> np.ndarray:
+        profile = self._profile_rows(rows)
+        scores = (profile @ self.item_vectors_.T).toarray()
+        return np.where(scores > 0, scores, NEG_INF).astype(np.float32)
+
+    def _score_query(self, query: Query) -> np.ndarray:
+        n = len(self.item_ids_)
+        row = sp.csr_matrix((1, n), dtype=np.float32)
+        u = self.user_index(query.user_id)
+        if u >= 0:
+            row = row + self.history_.getrow(u)
+        session = self._session_indices(query)
+        if len(session):
+            w = positional_weights(len(session), self.config.session_half_life) * max(float(row.sum()), 1.0)
+            row = row + sp.csr_matrix((w, (np.zeros(len(session), dtype=np.int64), session)), shape=(1, n))
+        if row.nnz == 0:
+            return np.full(n, NEG_INF, dtype=np.float32)
+        return self._scores_from_weights(sp.csr_matrix(row))[0]
+
+    def _score_users(self, users: np.ndarray) -> np.ndarray:
+        return self._scores_from_weights(self.history_[users])
+
+    def similar(self, item_id: str, n: int, exclude: frozenset[str] = frozenset()) -> Scored:
+        """The ``n`` items whose metadata is closest to ``item_id``'s (works for new items)."""
+        self._check_fitted()
+        i = self.items.get(item_id)
+        if i < 0:
+            return Scored.empty()
+        scores = (self.item_vectors_ @ self.item_vectors_.getrow(i).T).toarray().ravel().astype(np.float32)
+        scores = np.where(scores > 0, scores, NEG_INF)
+        scores[i] = NEG_INF
+        if exclude:
+            scores[self.item_indices(exclude)] = NEG_INF
+        top = top_indices(scores, n)
+        return Scored(self.item_ids_[top], scores[top], np.full(len(top), self.name, dtype=object))
+
+    def item_vector(self, item_ids: Sequence[str]) -> sp.csr_matrix:
+        """The metadata vectors of items (rows of zeros for unknown ones), for the ranking stage."""
+        self._check_fitted()
+        idx = self.items.lookup(list(item_ids))
+        out = self.item_vectors_[np.maximum(idx, 0)]
+        return sp.csr_matrix(out.multiply((idx >= 0)[:, None].astype(np.float32)))
+
+    def _state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        return {
+            **pack_csr("item_vectors", self.item_vectors_),
+            **pack_csr("history", self.history_),
+            "feature_names": self.feature_names_,
+        }, {}
+
+    def _set_state(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
+        self.item_vectors_ = unpack_csr(arrays, "item_vectors")
+        self.history_ = unpack_csr(arrays, "history")
+        self.feature_names_ = arrays["feature_names"]

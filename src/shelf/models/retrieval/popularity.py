@@ -1,0 +1,226 @@
+"""Popularity: global, trending (exponential time decay) and by segment, with fallback to global.
+
+Every catalogue item gets a finite score (zero when never seen), so popularity can always fill a
+list of any length up to the catalogue size; this is the last link of the blend's cold-start chain.
+
+Segment scores are smoothed towards the global distribution::
+
+    p(item | segment) = (weight(item, segment) + prior * p(item)) / (weight(segment) + prior)
+
+so a segment with few events falls back to global popularity by itself, and an unknown segment
+value is exactly global. With several segments known (region, age band, time of day) the
+smoothed distributions are averaged. Exponential decay keeps the *order* of items stable as time
+passes, so scores computed at fit time stay valid at serving time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from shelf.models.base import DEFAULT_EVENT_WEIGHTS, Interactions, Query
+from shelf.models.io import ModelError, pack_csr, unpack_csr
+from shelf.models.retrieval._base import (
+    RetrieverBase,
+    check_event_weights,
+    check_positive,
+    latest_rows,
+    reference_time,
+    time_decay,
+)
+
+SEGMENTS = ("region", "age_band", "time_of_day")
+
+
+@dataclass(frozen=True)
+class PopularityConfig:
+    """Parameters of ``PopularityRetriever``.
+
+    Attributes:
+        half_life_days: trending: an event's weight halves every this many days; None for
+            all-time popularity.
+        segments: which of ``region``, ``age_band`` (both from the user table, or the request's
+            context) and ``time_of_day`` (UTC hour band of the event / request) to segment by.
+        time_of_day_bands: number of equal bands the 24 hours are cut into.
+        segment_prior: pseudo-weight of the global distribution in each segment (smoothing).
+        event_weights: weight of each event type.
+    """
+
+    half_life_days: float | None = 7.0
+    segments: tuple[str, ...] = SEGMENTS
+    time_of_day_bands: int = 4
+    segment_prior: float = 50.0
+    event_weights: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_EVENT_WEIGHTS))
+
+
+def _band(hour: np.ndarray | int, bands: int) -> np.ndarray:
+    return (np.asarray(hour) * bands // 24).astype(np.int64)
+
+
+class PopularityRetriever(RetrieverBase):
+    """Most popular (or trending) items, per segment when the request says which segment."""
+
+    name = "popularity"
+    config_class = PopularityConfig
+
+    def _validate_config(self) -> None:
+        c = self.config
+        if c.half_life_days is not None:
+            check_positive("half_life_days", c.half_life_days)
+        unknown = set(c.segments) - set(SEGMENTS)
+        if unknown:
+            raise ModelError(f"unknown popularity segment(s) {sorted(unknown)}; choose from {SEGMENTS}")
+        if not 1 <= c.time_of_day_bands <= 24:
+            raise ModelError(f"time_of_day_bands must lie in 1..24, got {c.time_of_day_bands}")
+        check_positive("segment_prior", c.segment_prior, allow_zero=True)
+        check_event_weights(c.event_weights)
+
+    # -- fit ------------------------------------------------------------------------------------
+
+    def _fit(self, data: Interactions) -> None:
+        c = self.config
+        w = data.event_weights(c.event_weights) * time_decay(data.timestamp, reference_time(data), c.half_life_days)
+        counts = np.bincount(data.item, weights=w, minlength=data.n_items)
+        self.global_ = np.maximum(counts, 0.0).astype(np.float32)
+        self.segment_values_: dict[str, np.ndarray] = {}
+        self.segment_counts_: dict[str, sp.csr_matrix] = {}
+        profiles = self._user_profiles(data)
+        for segment in c.segments:
+            if segment == "time_of_day":
+                hours = (data.timestamp // 3_600_000_000) % 24
+                codes = _band(hours, c.time_of_day_bands)
+                values = np.array([str(b) for b in range(c.time_of_day_bands)], dtype=object)
+            else:
+                per_user = profiles.get(segment)
+                if per_user is None:
+                    continue
+                values, user_codes = np.unique(per_user.astype(str), return_inverse=True)
+                values = values.astype(object)
+                missing = np.flatnonzero(values == "")
+                user_codes = user_codes.astype(np.int64)
+                if len(missing):
+                    user_codes[user_codes == missing[0]] = -1
+                codes = np.where(data.user >= 0, user_codes[np.maximum(data.user, 0)], -1)
+            keep = codes >= 0
+            m = sp.csr_matrix(
+                (w[keep], (codes[keep], data.item[keep])), shape=(len(values), data.n_items), dtype=np.float32
+            )
+            m.sum_duplicates()
+            m.data = np.maximum(m.data, 0.0)
+            self.segment_values_[segment] = values
+            self.segment_counts_[segment] = m
+        self.user_segments_ = {k: v.astype(object) for k, v in profiles.items()}
+
+    @staticmethod
+    def _user_profiles(data: Interactions) -> dict[str, np.ndarray]:
+        """Per training user, their region and age band (empty string when unknown)."""
+        table = latest_rows(data.user_table, "user_id")
+        if table is None or table.num_rows == 0:
+            return {}
+        ids = table["user_id"].to_numpy(zero_copy_only=False)
+        rows = data.users.lookup(ids)
+        out = {}
+        for column in ("region", "age_band"):
+            if column not in table.column_names:
+                continue
+            values = np.asarray(table[column].to_pylist(), dtype=object)
+            per_user = np.full(data.n_users, "", dtype=object)
+            known = rows >= 0
+            per_user[rows[known]] = [v or "" for v in values[known]]
+            out[column] = per_user
+        return out
+
+    # -- scoring --------------------------------------------------------------------------------
+
+    def _distribution(self) -> np.ndarray:
+        total = float(self.global_.sum())
+        if total <= 0:
+            return np.zeros_like(self.global_, dtype=np.float64)
+        return self.global_.astype(np.float64) / total
+
+    def _segment_codes(self, query: Query) -> dict[str, int]:
+        """Which row of each segment matrix the request belongs to (missing when unknown)."""
+        ctx = query.context
+        u = self.user_index(query.user_id)
+        wanted: dict[str, str | None] = {}
+        for segment in self.segment_values_:
+            if segment == "time_of_day":
+                if ctx.timestamp is not None:
+                    hour = ctx.timestamp.astimezone(_utc()).hour if ctx.timestamp.tzinfo else ctx.timestamp.hour
+                    wanted[segment] = str(int(_band(hour, self.config.time_of_day_bands)))
+                continue
+            value = getattr(ctx, segment, None)
+            if value is None and u >= 0 and segment in self.user_segments_:
+                value = self.user_segments_[segment][u] or None
+            wanted[segment] = value
+        codes = {}
+        for segment, value in wanted.items():
+            if value is None:
+                continue
+            hits = np.flatnonzero(self.segment_values_[segment] == value)
+            if len(hits):
+                codes[segment] = int(hits[0])
+        return codes
+
+    def _scores_for(self, codes: Mapping[str, int]) -> np.ndarray:
+        base = self._distribution()
+        if not codes:
+            return base.astype(np.float32)
+        prior = self.config.segment_prior
+        acc = np.zeros_like(base)
+        for segment, code in codes.items():
+            row = self.segment_counts_[segment].getrow(code).toarray().ravel().astype(np.float64)
+            acc += (row + prior * base) / max(row.sum() + prior, 1e-12)
+        return (acc / len(codes)).astype(np.float32)
+
+    def _score_query(self, query: Query) -> np.ndarray:
+        return self._scores_for(self._segment_codes(query))
+
+    def _score_users(self, users: np.ndarray) -> np.ndarray:
+        out = np.empty((len(users), len(self.item_ids_)), dtype=np.float32)
+        cache: dict[tuple[tuple[str, int], ...], np.ndarray] = {}
+        for row, u in enumerate(users):
+            codes = self._segment_codes_for_user(int(u))
+            key = tuple(sorted(codes.items()))
+            if key not in cache:
+                cache[key] = self._scores_for(codes)
+            out[row] = cache[key]
+        return out
+
+    def _segment_codes_for_user(self, u: int) -> dict[str, int]:
+        codes = {}
+        for segment, per_user in self.user_segments_.items():
+            if segment not in self.segment_values_ or not per_user[u]:
+                continue
+            hits = np.flatnonzero(self.segment_values_[segment] == per_user[u])
+            if len(hits):
+                codes[segment] = int(hits[0])
+        return codes
+
+    # -- persistence ----------------------------------------------------------------------------
+
+    def _state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        arrays: dict[str, np.ndarray] = {"global": self.global_}
+        for segment, values in self.segment_values_.items():
+            arrays[f"segment.{segment}.values"] = values
+            arrays.update(pack_csr(f"segment.{segment}.counts", self.segment_counts_[segment]))
+        for column, per_user in self.user_segments_.items():
+            arrays[f"user.{column}"] = per_user
+        meta = {"segments": list(self.segment_values_), "user_columns": list(self.user_segments_)}
+        return arrays, meta
+
+    def _set_state(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
+        self.global_ = arrays["global"]
+        self.segment_values_ = {s: arrays[f"segment.{s}.values"] for s in meta["segments"]}
+        self.segment_counts_ = {s: unpack_csr(arrays, f"segment.{s}.counts") for s in meta["segments"]}
+        self.user_segments_ = {c: arrays[f"user.{c}"] for c in meta["user_columns"]}
+
+
+def _utc() -> Any:
+    from datetime import UTC
+
+    return UTC

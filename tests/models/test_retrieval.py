@@ -1,0 +1,177 @@
+"""Behaviour of individual retrievers beyond the shared conformance checks."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from shelf.errors import ShelfError
+from shelf.models.base import Context, Interactions, Query
+from shelf.models.conformance import NEW_ITEM, make_interactions
+from shelf.models.io import ModelError, ModelFormatError, load_bundle, save_bundle
+from shelf.models.retrieval import (
+    ALSConfig,
+    ALSRetriever,
+    BlendConfig,
+    BlendRetriever,
+    ContentRetriever,
+    CoOccurrenceRetriever,
+    EASEConfig,
+    EASERetriever,
+    PopularityConfig,
+    PopularityRetriever,
+    RepeatRetriever,
+    default_blend,
+    load_retriever,
+)
+
+
+@pytest.fixture(scope="module")
+def data() -> Interactions:
+    return make_interactions(seed=0)
+
+
+def test_errors_are_shelf_errors() -> None:
+    assert issubclass(ModelError, ShelfError)
+    with pytest.raises(ModelError):
+        ALSRetriever(ALSConfig(factors=0))
+    with pytest.raises(ModelError):
+        PopularityRetriever(PopularityConfig(segments=("planet",)))
+
+
+def test_io_refuses_pickle_free_violations_and_reports_kind(tmp_path: Path) -> None:
+    save_bundle(tmp_path / "m", kind="x", config={"a": 1}, arrays={"ids": np.array(["a", "b"], dtype=object)})
+    bundle = load_bundle(tmp_path / "m", kind="x")
+    assert bundle.arrays["ids"].dtype == object and bundle.arrays["ids"].tolist() == ["a", "b"]
+    with pytest.raises(ModelFormatError, match="expected 'y'"):
+        load_bundle(tmp_path / "m", kind="y")
+    (tmp_path / "m" / "manifest.json").write_text("{not json")
+    with pytest.raises(ModelFormatError, match="corrupted"):
+        load_bundle(tmp_path / "m")
+
+
+def test_load_retriever_picks_class_from_manifest(data: Interactions, tmp_path: Path) -> None:
+    model = RepeatRetriever().fit(data)
+    model.save(tmp_path / "r")
+    assert isinstance(load_retriever(tmp_path / "r"), RepeatRetriever)
+    manifest = json.loads((tmp_path / "r" / "manifest.json").read_text())
+    assert manifest["format_version"] == 1 and manifest["kind"] == "repeat"
+
+
+def test_trending_prefers_recent_events(data: Interactions) -> None:
+    fresh = PopularityRetriever(PopularityConfig(half_life_days=0.0001, segments=())).fit(data)
+    last_positive = np.flatnonzero(data.event_weights() > 0)[-1]
+    assert fresh.retrieve(Query(), 1).items.tolist() == [data.items.ids[data.item[last_positive]]]
+
+
+def test_segment_popularity_differs_by_region_and_falls_back(data: Interactions) -> None:
+    pop = PopularityRetriever(PopularityConfig(segment_prior=1.0)).fit(data)
+    north = pop.retrieve(Query(context=Context(region="north")), 10).items.tolist()
+    south = pop.retrieve(Query(context=Context(region="south")), 10).items.tolist()
+    unknown = pop.retrieve(Query(context=Context(region="mars")), 10)
+    assert north != south
+    np.testing.assert_array_equal(unknown.items, pop.retrieve(Query(), 10).items)
+    night = pop.retrieve(Query(context=Context(timestamp=datetime(2024, 5, 3, 2, tzinfo=UTC))), 5)
+    assert len(night) == 5
+
+
+def test_repeat_returns_own_items_recent_first(data: Interactions) -> None:
+    rep = RepeatRetriever().fit(data)
+    user = str(data.users.ids[0])
+    own = set(data.items.ids[data.item[data.user == 0]].tolist())
+    result = rep.retrieve(Query(user_id=user), 50)
+    assert set(result.items.tolist()) <= own and len(result) > 0
+    session = rep.retrieve(Query(session_items=("item1", "item2")), 5)
+    assert session.items.tolist() == ["item2", "item1"]
+
+
+def test_cooccurrence_similar_and_sessions(data: Interactions) -> None:
+    co = CoOccurrenceRetriever().fit(data)
+    similar = co.similar("item0", 5)
+    assert 0 < len(similar) <= 5 and "item0" not in similar.items.tolist()
+    # items of one taste group (index % 4) co-occur: most neighbours share item0's group
+    assert sum(int(i[4:]) % 4 == 0 for i in similar.items.tolist()) >= 3
+    assert len(co.similar("no-such-item", 5)) == 0
+    assert len(co.retrieve(Query(session_items=("item0",)), 5)) > 0
+
+
+def test_content_recommends_and_relates_new_item(data: Interactions) -> None:
+    content = ContentRetriever().fit(data)
+    neighbours = content.similar(NEW_ITEM, 5)
+    assert len(neighbours) == 5
+    others = content.similar("item0", 60)
+    assert NEW_ITEM in others.items.tolist()[:10]  # same category, brand and colour
+
+
+def test_als_fold_in_personalises_new_user(data: Interactions) -> None:
+    als = ALSRetriever(ALSConfig(factors=8, iterations=5, seed=0)).fit(data)
+    assert len(als.retrieve(Query(user_id="u_new"), 5)) == 0
+    als.fold_in("u_new", ["item0", "item4", "item8", "no-such-item"], ["purchase", "view", "add_to_cart", "view"])
+    result = als.retrieve(Query(user_id="u_new"), 10)
+    assert len(result) == 10
+    # the user bought into taste group 0; ALS should lean towards it
+    assert sum(int(i[4:]) % 4 == 0 for i in result.items.tolist()) >= 4
+    assert NEW_ITEM not in result.items.tolist()  # no factors for an item nobody touched
+    before = als.user_factors_[als.user_index("u_new")].copy()
+    als.fold_in("u_new", ["item1"], ["purchase"])
+    assert not np.allclose(before, als.user_factors_[als.user_index("u_new")])
+
+
+def test_ease_keeps_max_items(data: Interactions) -> None:
+    ease = EASERetriever(EASEConfig(max_items=10)).fit(data)
+    scores = ease.score_users(np.arange(3))
+    assert (np.isfinite(scores).sum(axis=1) <= 10).all()
+    assert ease.weights_.shape == (10, 10) and ease.weights_.dtype == np.float32
+
+
+def test_blend_keeps_sources_and_per_source_scores(data: Interactions) -> None:
+    blend = BlendRetriever(
+        {"repeat": RepeatRetriever(), "cooccurrence": CoOccurrenceRetriever(), "popularity": PopularityRetriever()},
+        BlendConfig(weights={"repeat": 1.0, "cooccurrence": 1.0, "popularity": 0.5}),
+    ).fit(data)
+    cands = blend.candidates(Query(user_id=str(data.users.ids[0])), 20)
+    assert cands.stage == "user"
+    assert set(cands.scored.sources.tolist()) <= {"repeat", "cooccurrence", "popularity", "catalogue"}
+    assert set(cands.source_scores) == {"repeat", "cooccurrence", "popularity"}
+    assert all(len(v) == 20 for v in cands.source_scores.values())
+    assert not np.isnan(cands.source_scores["popularity"]).any()
+
+
+def test_cold_start_chain_always_gives_k(data: Interactions) -> None:
+    blend = BlendRetriever({"repeat": RepeatRetriever(), "popularity": PopularityRetriever()}).fit(data)
+    assert blend.stage(Query(user_id=str(data.users.ids[0]))) == "user"
+    assert blend.stage(Query(session_items=("item3",))) == "session"
+    assert blend.stage(Query(context=Context(region="north"))) == "context"
+    for query in (Query(session_items=("item3",)), Query(), Query(user_id="u_nobody")):
+        result = blend.retrieve(query, data.n_items)  # more than repeat can ever give
+        assert len(result) == data.n_items and len(set(result.items.tolist())) == data.n_items
+    result = blend.retrieve(Query(session_items=("item3",), exclude=frozenset({"item3"})), 500)
+    assert len(result) == data.n_items - 1
+
+
+def test_blend_skips_content_without_catalogue_and_tunes() -> None:
+    bare = make_interactions(seed=1, catalogue=False, users=False)
+    blend = default_blend(seed=0).fit(bare)
+    assert "content" in blend.skipped_sources_
+    assert set(blend.weights_) == set(blend.sources)
+    assert len(blend.retrieve(Query(), 10)) == 10
+
+
+def test_blend_fold_in_reaches_sources(data: Interactions) -> None:
+    blend = default_blend(seed=0).fit(data)
+    blend.fold_in("u_fresh", ["item0", "item4"], ["purchase", "purchase"])
+    assert blend.stage(Query(user_id="u_fresh")) == "user"
+    assert len(blend.retrieve(Query(user_id="u_fresh"), 10)) == 10
+
+
+def test_nan_after_training_is_refused(data: Interactions, monkeypatch: pytest.MonkeyPatch) -> None:
+    from shelf.models.io import ModelFitError
+    from shelf.models.retrieval import ease as ease_module
+
+    monkeypatch.setattr(ease_module.scipy.linalg, "inv", lambda a, **k: np.full_like(a, np.nan))
+    with pytest.raises(ModelFitError, match="NaN"):
+        EASERetriever().fit(data)
