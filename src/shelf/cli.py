@@ -290,6 +290,117 @@ def lake_stats(ctx: click.Context) -> None:
 
 
 # ------------------------------------------------------------------------------------------------
+# evaluate and batch recommendations
+
+
+def _csv_list(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _parse_time(text: str) -> Any:
+    from datetime import datetime
+
+    try:
+        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError as error:
+        raise click.BadParameter(f"{text!r} is not an ISO 8601 time") from error
+    if value.tzinfo is None:
+        raise click.BadParameter(f"{text!r} has no time zone; write e.g. {text}Z or {text}+02:00")
+    return value
+
+
+def build_split(kind: str, source: Any, *, test_days: float, cut: str | None, include_cold: bool) -> Any:
+    """The split the CLI names, with the cut defaulting to ``end of data - test_days``."""
+    from datetime import timedelta
+
+    from shelf.evaluation import LastNDays, LeaveLastOut, SessionNextItem, TemporalSplit
+    from shelf.evaluation.splits import end_of_data
+
+    window = timedelta(days=test_days)
+    if kind == "leave-last-out":
+        return LeaveLastOut()
+    if kind == "last-days" and cut is None:
+        return LastNDays(test_days, include_cold=include_cold)
+    at = _parse_time(cut) if cut else end_of_data(source) - window
+    if kind == "session":
+        return SessionNextItem(at, window)
+    return TemporalSplit(at, window, include_cold=include_cold)
+
+
+@main.command()
+@click.option("--split", "split_kind", type=click.Choice(["temporal", "last-days", "leave-last-out", "session"]), default="temporal", show_default=True)
+@click.option("--test-days", type=float, default=1.0, show_default=True, help="Length of the test window in days (fractions allowed).")
+@click.option("--cut", default=None, help="ISO time of the cut (default: end of data minus --test-days).")
+@click.option("--k", "ks", default="10,20", show_default=True, help="Cut-offs, comma-separated.")
+@click.option("--models", default="popularity,trending,recent+popular,als,bpr", show_default=True, help="Comma-separated model names.")
+@click.option("--target", type=click.Choice(["engagement", "cart_or_purchase", "purchase", "weighted"]), default="engagement", show_default=True,
+              help="What counts as relevant.")
+@click.option("--views", default="all,new", show_default=True, help="all: re-engagement counts; new: only items the user never touched.")
+@click.option("--include-cold", is_flag=True, help="Also evaluate users with no history before the cut, as their own segment.")
+@click.option("--no-tune", is_flag=True, help="Skip tuning the ALS/BPR peers on the validation cut.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--report", type=click.Path(file_okay=False, path_type=Path), default=None, help="Write report.html and PNG plots here.")
+@click.pass_context
+def evaluate(ctx: click.Context, split_kind: str, test_days: float, cut: str | None, ks: str, models: str, target: str,
+             views: str, include_cold: bool, no_tune: bool, seed: int, report: Path | None) -> None:
+    """Evaluate recommenders side by side on one split of the lake (read through snapshots)."""
+    import time
+
+    from shelf.evaluation import TARGETS, evaluate as run, write_report
+    from shelf.training.zoo import pick
+
+    app = _app(ctx)
+    lake = app.lake(create=False)
+    cutoffs = [int(k) for k in _csv_list(ks)]
+    split = build_split(split_kind, lake, test_days=test_days, cut=cut, include_cold=include_cold)
+    factories = pick(_csv_list(models), seed=seed, tune=not no_tune)
+    started = time.perf_counter()
+    result = run(lake, split, factories, ks=cutoffs, target=TARGETS[target], views=tuple(_csv_list(views)))
+    click.echo(result.table())
+    click.echo(f"evaluation wall time {time.perf_counter() - started:.1f} s")
+    if report is not None:
+        page = write_report(result, report)
+        click.echo(f"report: {page}")
+
+
+@main.command("recommend-batch")
+@click.option("--users", "users_file", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              help="File with one raw user id per line (a header line 'user' is skipped).")
+@click.option("--sessions", "sessions_file", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              help="CSV of session events so far: session,item,type,ts.")
+@click.option("--k", type=int, default=20, show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True)
+@click.option("--model", "model_name", default="als", show_default=True, help="Model to fit on the whole lake.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.pass_context
+def recommend_batch(ctx: click.Context, users_file: Path | None, sessions_file: Path | None, k: int, out: Path,
+                    model_name: str, seed: int) -> None:
+    """Write recommendations for many shoppers (user,item,rank,score) or sessions (session,item,rank,score)."""
+    from shelf.evaluation import recommend_sessions_csv, recommend_users_csv
+    from shelf.models.base import Interactions
+    from shelf.training.zoo import pick
+
+    if (users_file is None) == (sessions_file is None):
+        raise click.UsageError("give exactly one of --users FILE or --sessions EVENTS.csv")
+    if k < 1:
+        raise click.BadParameter("--k must be at least 1")
+    app = _app(ctx)
+    snap = app.lake(create=False).snapshot(None)
+    data = Interactions.from_events(snap.events(), item_table=snap.items(), user_table=snap.users())
+    model = pick([model_name], seed=seed, tune=False)[model_name]().fit(data)
+    if users_file is not None:
+        lines = [line.strip() for line in users_file.read_text(encoding="utf-8").splitlines() if line.strip()]
+        if lines and lines[0].lower() in {"user", "user_id"}:
+            lines = lines[1:]
+        pseudonymizer = app.pseudonymizer()
+        rows = recommend_users_csv(model, data, lines, pseudonymizer.one, out, n=k)
+    else:
+        assert sessions_file is not None
+        rows = recommend_sessions_csv(model, sessions_file, out, n=k)
+    click.echo(f"wrote {rows:,} rows to {out}")
+
+
+# ------------------------------------------------------------------------------------------------
 # demo
 
 

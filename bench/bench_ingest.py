@@ -1,0 +1,174 @@
+"""Bulk ingest, simulator and snapshot benchmarks (issue: Foundation).
+
+Each measurement runs in a fresh child process (so peak RSS is that run's alone) on a fresh lake:
+``shelf ingest events`` of synthetic CSV and Parquet files at 1M, 3M and 10M events, the
+simulator at the same sizes, and snapshot queries on the 10M-event lake. The figure reported is
+the median of ``--runs`` runs (default 3). Memory that "stays flat as input grows" is shown by
+peak RSS at each size, beside the lake's dedupe index, which is the one part that grows with
+the number of distinct events (16 bytes per event id).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from bench.common import ROOT, median, write_section
+
+TYPES = np.array(["view", "view", "view", "view", "add_to_cart", "purchase", "remove_from_cart", "add_to_wishlist"])
+
+
+def synthetic_events(n: int, seed: int = 0) -> pa.Table:
+    """n raw events as a shop exports them: ISO timestamps with a zone, string ids, prices."""
+    rng = np.random.default_rng(seed)
+    start = int(datetime(2024, 1, 1, tzinfo=UTC).timestamp() * 1_000_000)
+    ts = np.sort(start + rng.integers(0, 30 * 86_400 * 1_000_000, size=n))
+    users = rng.integers(0, max(1, n // 20), size=n)
+    items = rng.zipf(1.3, size=n) % 100_000
+    return pa.table(
+        {
+            "event_id": pa.array(np.char.add("e", np.arange(n).astype(str))),
+            "user_id": pa.array(np.char.add("user-", users.astype(str))),
+            "session_id": pa.array(np.char.add("s-", (users * 7 + ts // (3600 * 1_000_000) % 7).astype(str))),
+            "item_id": pa.array(np.char.add("item-", items.astype(str))),
+            "type": pa.array(TYPES[rng.integers(0, len(TYPES), size=n)]),
+            "timestamp": pa.array(ts, type=pa.timestamp("us", tz="UTC")),
+            "price": pa.array(np.round(rng.lognormal(3, 1, size=n), 2)),
+        }
+    )
+
+
+def write_inputs(folder: Path, n: int) -> dict[str, Path]:
+    table = synthetic_events(n)
+    csv_path, parquet_path = folder / f"events-{n}.csv", folder / f"events-{n}.parquet"
+    if not csv_path.exists():
+        # A shop's CSV carries text timestamps with a zone, as validation requires.
+        as_text = table.set_column(5, "timestamp", pa.compute.strftime(table["timestamp"], format="%Y-%m-%dT%H:%M:%SZ"))
+        pacsv.write_csv(as_text, csv_path)
+    if not parquet_path.exists():
+        pq.write_table(table, parquet_path)
+    return {"csv": csv_path, "parquet": parquet_path}
+
+
+def _child(argv: list[str]) -> None:
+    """Runs in a fresh process; prints one JSON line of measurements."""
+    mode, arg, home = argv[0], argv[1], Path(argv[2])
+    os.environ["SHELF_DEV"] = "1"
+    from shelf.cli import main as cli
+
+    started = time.perf_counter()
+    result: dict[str, float] = {}
+    if mode == "ingest":
+        try:
+            cli(["--home", str(home), "ingest", "events", arg], standalone_mode=False)
+        except SystemExit:
+            pass
+    elif mode == "simulate":
+        from shelf.datasets.simulate import SimulationConfig, Simulator
+
+        target = int(arg)
+        config = SimulationConfig.for_events(target, seed=1) if hasattr(SimulationConfig, "for_events") else SimulationConfig(seed=1)
+        produced = 0
+        for chunk in Simulator(config).events():
+            produced += chunk.num_rows
+            if produced >= target:
+                break
+        result["events"] = produced
+    elif mode == "snapshot":
+        from shelf.lake import Lake
+
+        lake = Lake.open(home, create=False)
+        snap = lake.snapshot(datetime(2024, 1, 16, tzinfo=UTC))
+        t0 = time.perf_counter()
+        result["count"] = snap.count_events()
+        result["count_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        day = snap.sql(
+            "SELECT type, count(*) FROM events WHERE timestamp >= TIMESTAMPTZ '2024-01-15 00:00:00+00' GROUP BY type"
+        )
+        result["day_query_s"] = time.perf_counter() - t0
+        result["day_rows"] = float(day.num_rows)
+        t0 = time.perf_counter()
+        result["materialize_rows"] = snap.events(columns=["user_id", "item_id", "timestamp"]).num_rows
+        result["materialize_s"] = time.perf_counter() - t0
+    result["seconds"] = time.perf_counter() - started
+    result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print("RESULT " + json.dumps(result))
+
+
+def run_child(*args: str) -> dict[str, float]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src") + os.pathsep + str(ROOT)}
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.bench_ingest", "--child", *args],
+        cwd=ROOT, env=env, capture_output=True, text=True, check=False,
+    )
+    for line in out.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[7:])
+    raise RuntimeError(f"benchmark child failed:\n{out.stdout[-2000:]}\n{out.stderr[-4000:]}")
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="bench ingest")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--sizes", default="1000000,3000000,10000000")
+    args, _ = parser.parse_known_args(argv)
+    sizes = [int(s) for s in args.sizes.split(",")]
+    work = Path(tempfile.mkdtemp(prefix="shelf-bench-"))
+    rows = []
+    try:
+        for n in sizes:
+            inputs = write_inputs(work, n)
+            for fmt, path in inputs.items():
+                runs = []
+                for _ in range(args.runs):
+                    home = work / "home"
+                    shutil.rmtree(home, ignore_errors=True)
+                    runs.append(run_child("ingest", str(path), str(home)))
+                secs = median([r["seconds"] for r in runs])
+                rss = median([r["peak_rss_mib"] for r in runs])
+                rows.append(f"| ingest {fmt} | {n:,} | {secs:.1f} | {n / secs:,.0f} | {rss:,.0f} |")
+            # Re-ingesting the same file adds nothing; measured on the last home.
+            again = run_child("ingest", str(inputs["parquet"]), str(work / "home"))
+            rows.append(f"| re-ingest parquet (all duplicates) | {n:,} | {again['seconds']:.1f} | {n / again['seconds']:,.0f} | {again['peak_rss_mib']:,.0f} |")
+            sims = [run_child("simulate", str(n), str(work / "sim")) for _ in range(args.runs)]
+            secs = median([r["seconds"] for r in sims])
+            rows.append(f"| simulator (generate only) | {int(sims[0]['events']):,} | {secs:.1f} | {sims[0]['events'] / secs:,.0f} | {median([r['peak_rss_mib'] for r in sims]):,.0f} |")
+        snaps = [run_child("snapshot", "-", str(work / "home")) for _ in range(args.runs)]
+        snapshot_rows = [
+            f"| count events before as_of ({int(snaps[0]['count']):,}) | {median([s['count_s'] for s in snaps]) * 1000:,.0f} |",
+            f"| one day's counts by type (SQL on the snapshot) | {median([s['day_query_s'] for s in snaps]) * 1000:,.0f} |",
+            f"| materialise user,item,timestamp ({int(snaps[0]['materialize_rows']):,} rows) | {median([s['materialize_s'] * 1000 for s in snaps]):,.0f} |",
+        ]
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    body = (
+        "Each figure is the median of the runs; each run is a fresh process on a fresh lake "
+        "(CLI `shelf ingest events FILE`: read, validate, pseudonymize, dedupe, write Parquet, commit).\n\n"
+        "| what | events | seconds | events/s | peak RSS MiB |\n|---|---:|---:|---:|---:|\n"
+        + "\n".join(rows)
+        + "\n\nSnapshot queries on the largest lake (as_of in the middle of the 30 days):\n\n"
+        "| query | ms |\n|---|---:|\n" + "\n".join(snapshot_rows) + "\n"
+    )
+    write_section("ingest", "Ingest, simulator and snapshots", body, "make bench BENCH_ARGS='ingest'")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        _child(sys.argv[2:])
+    else:
+        main(sys.argv[1:])

@@ -1,0 +1,1 @@
+"""Jobs: snapshot → fit → evaluate → register. Submodules are imported where used."""

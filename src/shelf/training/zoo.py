@@ -1,0 +1,54 @@
+"""Every recommender the CLI can name, peers and shelf's own, in one explicit registry."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from shelf.errors import ShelfError
+
+ModelFactory = Callable[[], Any]
+
+
+def _peers(seed: int, tune: bool) -> dict[str, ModelFactory]:
+    from shelf.evaluation.peers import default_peers
+
+    return default_peers(tune=tune, seed=seed)
+
+
+def _shelf_models(seed: int) -> dict[str, ModelFactory]:
+    from shelf.models.retrieval import (
+        ALSConfig,
+        ALSRetriever,
+        CoOccurrenceRetriever,
+        ContentRetriever,
+        EASERetriever,
+        PopularityConfig,
+        PopularityRetriever,
+        RepeatRetriever,
+        default_blend,
+    )
+
+    return {
+        "shelf-blend": lambda: default_blend(seed=seed),
+        "shelf-popularity": lambda: PopularityRetriever(PopularityConfig(half_life_days=None)),
+        "shelf-trending": PopularityRetriever,
+        "shelf-repeat": RepeatRetriever,
+        "shelf-cooccurrence": CoOccurrenceRetriever,
+        "shelf-als": lambda: ALSRetriever(ALSConfig(seed=seed)),
+        "shelf-ease": EASERetriever,
+        "shelf-content": ContentRetriever,
+    }
+
+
+def available(*, seed: int = 0, tune: bool = True) -> dict[str, ModelFactory]:
+    """Name → factory of an unfitted model. Peers come from their own libraries."""
+    return {**_peers(seed, tune), **_shelf_models(seed)}
+
+
+def pick(names: Sequence[str], *, seed: int = 0, tune: bool = True) -> dict[str, ModelFactory]:
+    known = available(seed=seed, tune=tune)
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ShelfError(f"unknown model(s) {unknown}; known: {', '.join(sorted(known))}")
+    return {n: known[n] for n in names}
