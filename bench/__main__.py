@@ -16,15 +16,17 @@ BENCHMARKS = {
 
 
 def main(argv: list[str]) -> int:
-    names = [a for a in argv if not a.startswith("-")] or list(BENCHMARKS)
-    unknown = [n for n in names if n not in BENCHMARKS]
-    if unknown:
-        print(f"unknown benchmark(s) {unknown}; known: {', '.join(BENCHMARKS)}", file=sys.stderr)
-        return 2
-    for name in names:
+    """Leading arguments that name benchmarks pick them; everything after goes to each one."""
+    names: list[str] = []
+    while argv and not argv[0].startswith("-"):
+        if argv[0] not in BENCHMARKS:
+            print(f"unknown benchmark {argv[0]!r}; known: {', '.join(BENCHMARKS)}", file=sys.stderr)
+            return 2
+        names.append(argv.pop(0))
+    for name in names or list(BENCHMARKS):
         module = importlib.import_module(BENCHMARKS[name])
         print(f"== bench {name}", flush=True)
-        module.main([a for a in argv if a.startswith("-")])
+        module.main(list(argv))
     return 0
 
 
