@@ -1,5 +1,11 @@
 """The ingest pipeline: raw batches → strict validation → pseudonymization → the lake.
 
+Catalogue and profile re-loads: when records carry no ``valid_from``/``updated_at``, a record for
+an id the lake does not know yet is valid from its ``launched_at``/``signed_up_at`` (else "since
+always"); a record for a known id whose content changed becomes a new version valid from the time
+of this ingest; an unchanged record adds nothing. That is what re-uploading a nightly catalogue
+export needs: prices and stock change from when shelf learned of them, and history stays intact.
+
 Documented behaviour on bad input: every valid record lands; every refused record is reported by
 line with its reason, and all of them are written to a rejects file under ``<home>/rejects/`` so
 nothing is lost from sight. With ``max_rejects`` set, an ingest that refuses more records than
@@ -135,6 +141,7 @@ def ingest(
     """Validate and append every batch in one writer session (all lands, or nothing does)."""
     rules = rules or EventRules()
     report = IngestReport(source=source, kind=kind)
+    sync = _VersionSync.for_lake(lake, kind) if kind != "events" else None
     validate = _validator(kind, pseudonymizer, rules, source)
     rejects = _RejectsLog(home, source, kind)
     started = time.perf_counter()
@@ -162,8 +169,12 @@ def ingest(
                         f"{source}: {report.rejected + report.unreadable:,} records refused, more than "
                         f"--max-rejects {max_rejects:,}; nothing was ingested. First: {report.errors[0]}"
                     )
-                if checked.valid.num_rows:
-                    appended = append(checked.valid)
+                valid = checked.valid
+                if sync is not None and not ({"valid_from", "updated_at"} & set(table.column_names)):
+                    valid, unchanged = sync.changes(valid)
+                    report.duplicates += unchanged
+                if valid.num_rows:
+                    appended = append(valid)
                     report.added += appended.added
                     report.duplicates += appended.duplicates
                 if progress is not None:
@@ -178,3 +189,41 @@ def _keep(report: IngestReport, errors: list[RecordError]) -> None:
     room = KEPT_ERRORS - len(report.errors)
     if room > 0:
         report.errors.extend(errors[:room])
+
+
+class _VersionSync:
+    """Turns a dated-less catalogue (or profile) load into versions: new ids, changed ids, no-ops."""
+
+    def __init__(self, current: pa.Table, key: str, now: datetime) -> None:
+        self.current = current
+        self.key = key
+        self.now = now
+
+    @classmethod
+    def for_lake(cls, lake: object, kind: Kind) -> _VersionSync:
+        snapshot = lake.snapshot(None)  # type: ignore[attr-defined]
+        current = snapshot.items() if kind == "items" else snapshot.users()
+        return cls(current, "item_id" if kind == "items" else "user_id", datetime.now(UTC))
+
+    def changes(self, batch: pa.Table) -> tuple[pa.Table, int]:
+        if self.current.num_rows == 0 or batch.num_rows == 0:
+            return batch, 0
+        import duckdb
+
+        content = [c for c in batch.column_names if c not in (self.key, "valid_from")]
+        differs = " OR ".join(f'n."{c}" IS DISTINCT FROM c."{c}"' for c in content) or "false"
+        con = duckdb.connect()
+        try:
+            con.execute("SET TimeZone = 'UTC'")
+            con.register("n", batch)
+            con.register("c", self.current.select([self.key, *content]))
+            now = self.now.isoformat()
+            changed = con.sql(
+                f"""SELECT n.* REPLACE (CASE WHEN c."{self.key}" IS NULL THEN n.valid_from
+                                            ELSE TIMESTAMPTZ '{now}' END AS valid_from)
+                    FROM n LEFT JOIN c ON n."{self.key}" = c."{self.key}"
+                    WHERE c."{self.key}" IS NULL OR {differs}"""
+            ).to_arrow_table()
+        finally:
+            con.close()
+        return changed.cast(batch.schema), batch.num_rows - changed.num_rows
