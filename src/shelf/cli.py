@@ -370,34 +370,138 @@ def evaluate(ctx: click.Context, split_kind: str, test_days: float, cut: str | N
               help="CSV of session events so far: session,item,type,ts.")
 @click.option("--k", type=int, default=20, show_default=True)
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True)
-@click.option("--model", "model_name", default="als", show_default=True, help="Model to fit on the whole lake.")
+@click.option("--bundle", "bundle_version", default=None, help="Bundle version to use (default: the promoted one).")
+@click.option("--model", "model_name", default=None, help="Instead of a bundle, fit this model on the whole lake now.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.pass_context
 def recommend_batch(ctx: click.Context, users_file: Path | None, sessions_file: Path | None, k: int, out: Path,
-                    model_name: str, seed: int) -> None:
-    """Write recommendations for many shoppers (user,item,rank,score) or sessions (session,item,rank,score)."""
-    from shelf.evaluation import recommend_sessions_csv, recommend_users_csv
-    from shelf.models.base import Interactions
-    from shelf.training.zoo import pick
+                    bundle_version: str | None, model_name: str | None, seed: int) -> None:
+    """Write recommendations for many shoppers (user,item,rank,score) or sessions (session,item,rank,score).
+
+    User ids in the file and in the output are the shop's raw ids; they are pseudonymized inside
+    with the same key as ingest. Answers are what the live API would give for each query.
+    """
+    from shelf.evaluation import recommend_sessions_csv
+    from shelf.training.batch import recommend_users
 
     if (users_file is None) == (sessions_file is None):
         raise click.UsageError("give exactly one of --users FILE or --sessions EVENTS.csv")
     if k < 1:
         raise click.BadParameter("--k must be at least 1")
     app = _app(ctx)
-    snap = app.lake(create=False).snapshot(None)
-    data = Interactions.from_events(snap.events(), item_table=snap.items(), user_table=snap.users())
-    model = pick([model_name], seed=seed, tune=False)[model_name]().fit(data)
+    if model_name is not None:
+        from shelf.models.base import Interactions
+        from shelf.training.zoo import pick
+
+        snap = app.lake(create=False).snapshot(None)
+        data = Interactions.from_events(snap.events(), item_table=snap.items(), user_table=snap.users())
+        model = pick([model_name], seed=seed, tune=False)[model_name]().fit(data)
+        label = f"model {model_name} fitted now"
+    else:
+        from shelf.registry import Registry
+        from shelf.registry.loader import load_bundle
+
+        loaded = load_bundle(Registry(app.settings.home), bundle_version)
+        model, label = loaded.model, f"bundle {loaded.card.version}"
     if users_file is not None:
         lines = [line.strip() for line in users_file.read_text(encoding="utf-8").splitlines() if line.strip()]
         if lines and lines[0].lower() in {"user", "user_id"}:
             lines = lines[1:]
-        pseudonymizer = app.pseudonymizer()
-        rows = recommend_users_csv(model, data, lines, pseudonymizer.one, out, n=k)
+        rows = recommend_users(model, lines, app.pseudonymizer().one, out, n=k)
     else:
         assert sessions_file is not None
         rows = recommend_sessions_csv(model, sessions_file, out, n=k)
-    click.echo(f"wrote {rows:,} rows to {out}")
+    click.echo(f"wrote {rows:,} rows to {out} ({label})")
+
+
+# ------------------------------------------------------------------------------------------------
+# train and the model registry
+
+
+@main.command()
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None, help="pipeline.toml")
+@click.option("--as-of", "as_of", default=None, help="Train on the lake as of this ISO time (default: everything).")
+@click.option("--model", "model_name", default=None, help="Override the config's model (e.g. shelf-blend).")
+@click.option("--promote", is_flag=True, help="Promote the new bundle once it is published.")
+@click.pass_context
+def train(ctx: click.Context, config_path: Path | None, as_of: str | None, model_name: str | None, promote: bool) -> None:
+    """Train from a snapshot and publish a versioned bundle with its card."""
+    from dataclasses import replace
+
+    from shelf.registry import Registry
+    from shelf.training.config import TrainConfig
+    from shelf.training.job import train as run
+
+    app = _app(ctx)
+    config = TrainConfig.from_toml(config_path) if config_path else TrainConfig()
+    if model_name:
+        config = replace(config, model=model_name)
+    registry = Registry(app.settings.home)
+    card = run(app.lake(create=False), registry, config, as_of=_parse_time(as_of) if as_of else None)
+    click.echo(f"published bundle {card.version}: {config.model}, {card.data_counts['events']:,} events, "
+               f"fit {card.parameters.get('fit_seconds')} s")
+    for name, value in sorted(card.metrics.items()):
+        click.echo(f"  validation {name} = {value}")
+    if promote:
+        registry.promote(card.version)
+        click.echo(f"promoted {card.version}")
+
+
+@main.group()
+def models() -> None:
+    """List, inspect, promote and roll back model bundles."""
+
+
+def _registry(ctx: click.Context) -> Any:
+    from shelf.registry import Registry
+
+    return Registry(_app(ctx).settings.home)
+
+
+@models.command("list")
+@click.pass_context
+def models_list(ctx: click.Context) -> None:
+    """Every bundle, newest last; * marks the promoted one."""
+    from shelf.registry import BundleError
+
+    registry = _registry(ctx)
+    promoted = registry.promoted()
+    versions = registry.versions()
+    if not versions:
+        click.echo("no bundles yet; run `shelf train`")
+        return
+    for version in versions:
+        try:
+            card = registry.card(version)
+            ndcg = card.metrics.get("all/ndcg@10")
+            line = f"{card.created_at[:19]}  {card.parameters.get('model', '?'):<14} events {card.data_counts.get('events', 0):>10,}  ndcg@10 {ndcg if ndcg is not None else '-'}"
+        except BundleError as error:
+            line = f"damaged: {error}"
+        click.echo(f"{'*' if version == promoted else ' '} {version}  {line}")
+
+
+@models.command("show")
+@click.argument("version")
+@click.pass_context
+def models_show(ctx: click.Context, version: str) -> None:
+    """A bundle's card (JSON)."""
+    click.echo(_registry(ctx).card(version).to_json().decode())
+
+
+@models.command("promote")
+@click.argument("version")
+@click.pass_context
+def models_promote(ctx: click.Context, version: str) -> None:
+    """Verify a bundle's files and point serving at it (one atomic change)."""
+    card = _registry(ctx).promote(version)
+    click.echo(f"promoted {card.version}")
+
+
+@models.command("rollback")
+@click.pass_context
+def models_rollback(ctx: click.Context) -> None:
+    """Return to the previously promoted bundle."""
+    click.echo(f"rolled back to {_registry(ctx).rollback()}")
 
 
 # ------------------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from datetime import timedelta
 from typing import Any, Self
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 import scipy.sparse as sp
 
 from shelf.evaluation.errors import EvaluationError
@@ -195,7 +196,10 @@ class _Factorisation(Popularity):
         Popularity.fit(self, data)
         if matrix.nnz == 0:
             raise EvaluationError(f"{self.name}: the training data holds no positive interactions")
-        model.fit(matrix, show_progress=False)
+        # implicit runs its own threads; a BLAS pool inside each of them oversubscribes the cores
+        # (implicit warns about exactly this), so BLAS is held to one thread while it fits.
+        with threadpool_limits(1, "blas"):
+            model.fit(matrix, show_progress=False)
         for factors in (model.user_factors, model.item_factors):
             if not np.isfinite(factors).all():
                 raise EvaluationError(f"{self.name}: training produced non-finite factors; lower the learning rate or raise regularization")
@@ -232,10 +236,11 @@ class ALSPeer(_Factorisation):
     def fit(self, data: Interactions) -> Self:
         from implicit.cpu.als import AlternatingLeastSquares
 
-        model = AlternatingLeastSquares(
-            factors=self.factors, regularization=self.regularization, alpha=self.alpha,
-            iterations=self.iterations, random_state=self.seed, num_threads=1,
-        )
+        with threadpool_limits(1, "blas"):  # implicit checks the BLAS pool when it is built
+            model = AlternatingLeastSquares(
+                factors=self.factors, regularization=self.regularization, alpha=self.alpha,
+                iterations=self.iterations, random_state=self.seed, num_threads=1,
+            )
         self._fit_model(model, data)
         return self
 

@@ -1,0 +1,31 @@
+"""Loading a bundle's model for serving or batch scoring (after verifying every hash)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from shelf.registry.bundles import BundleError, Card, Registry
+
+MODEL_FOLDER = "model"
+
+
+@dataclass(frozen=True)
+class LoadedBundle:
+    card: Card
+    model: Any
+
+
+def load_bundle(registry: Registry, version: str | None = None) -> LoadedBundle:
+    """The bundle ``version`` (default: the promoted one), verified and loaded."""
+    from shelf.models.retrieval import ModelError, load_retriever
+
+    chosen = version or registry.promoted()
+    if chosen is None:
+        raise BundleError("no bundle is promoted; run `shelf train` then `shelf models promote VERSION`")
+    card = registry.verify(chosen)
+    try:
+        model = load_retriever(registry.path(chosen) / MODEL_FOLDER)
+    except ModelError as error:
+        raise BundleError(f"bundle {chosen}: the model does not load ({error})") from error
+    return LoadedBundle(card, model)
