@@ -90,15 +90,20 @@ class ALSRetriever(RetrieverBase):
         weights = data.matrix(c.event_weights)
         if weights.nnz == 0:
             raise ModelFitError("ALSRetriever: no positive events from known users to learn from")
-        model = AlternatingLeastSquares(
-            factors=c.factors,
-            regularization=c.regularization,
-            alpha=1.0,
-            iterations=c.iterations,
-            random_state=c.seed,
-            num_threads=c.num_threads,
-        )
-        model.fit(self._confidence(weights), show_progress=False)
+        # implicit runs its own threads; a BLAS pool inside each oversubscribes the cores (implicit
+        # warns about exactly this), so BLAS is held to one thread while it builds and fits.
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(1, "blas"):
+            model = AlternatingLeastSquares(
+                factors=c.factors,
+                regularization=c.regularization,
+                alpha=1.0,
+                iterations=c.iterations,
+                random_state=c.seed,
+                num_threads=c.num_threads,
+            )
+            model.fit(self._confidence(weights), show_progress=False)
         self.user_factors_ = np.ascontiguousarray(model.user_factors, dtype=np.float32)
         self.item_factors_ = np.ascontiguousarray(model.item_factors, dtype=np.float32)
         check_finite(type(self).__name__, self.user_factors_, self.item_factors_)
