@@ -514,20 +514,38 @@ def models_rollback(ctx: click.Context) -> None:
 @click.option("--users", type=int, default=2_000, show_default=True, help="Simulated shoppers.")
 @click.option("--items", type=int, default=1_000, show_default=True, help="Simulated catalogue size.")
 @click.option("--days", type=int, default=14, show_default=True, help="Simulated days.")
+@click.option("--model", "model_name", default="shelf-blend", show_default=True, help="What to train and promote.")
 @click.pass_context
-def demo(ctx: click.Context, dataset: str, users: int, items: int, days: int) -> None:
-    """The main job on the embedded default: build a shop's lake and show what was built."""
+def demo(ctx: click.Context, dataset: str, users: int, items: int, days: int, model_name: str) -> None:
+    """The main job on the embedded default: build a shop's lake, train, evaluate against peers."""
+    from shelf.registry import Registry
+    from shelf.training.config import TrainConfig
+    from shelf.training.job import train as run_training
+
     app = _app(ctx)
-    click.echo(f"shelf demo: workspace {app.settings.home.resolve()}")
-    existing = app.lake().stats()
-    if getattr(existing, "events", 0):
-        click.echo("the lake already holds events; ingest is idempotent, so this adds nothing twice")
+    click.echo(f"== shelf demo: workspace {app.settings.home.resolve()}")
+    if app.lake().stats().events:
+        click.echo("the lake already holds events; ingest is idempotent, so nothing is added twice")
+    click.echo(f"== 1. ingest ({dataset})")
     if dataset == "simulated":
         _simulate(app, users=users, items=items, days=days, seed=7)
     else:
         _ingest_public(app, dataset, None)
+    lake = app.lake(create=False)
     click.echo("")
-    click.echo(str(app.lake(create=False).stats()))
+    click.echo(str(lake.stats()))
+    click.echo(f"\n== 2. train {model_name} from the latest snapshot")
+    registry = Registry(app.settings.home)
+    card = run_training(lake, registry, TrainConfig(model=model_name))
+    registry.promote(card.version)
+    click.echo(f"published and promoted bundle {card.version} (fit {card.parameters.get('fit_seconds')} s); "
+               f"validation ndcg@10 all={card.metrics.get('all/ndcg@10')} new={card.metrics.get('new/ndcg@10')}")
+    click.echo("\n== 3. evaluate against peers on the last day (temporal split, read through snapshots)")
+    ctx.invoke(evaluate, split_kind="session" if dataset == "yoochoose" else "temporal", test_days=1.0, cut=None, ks="10,20",
+               models=f"popularity,recent+popular,als,{model_name}", target="engagement",
+               views="all" if dataset == "yoochoose" else "all,new", include_cold=False, no_tune=False, seed=0,
+               report=app.settings.home / "report")
+    click.echo("\nnext: shelf --home {0} models list | shelf --home {0} recommend-batch --users FILE --out recs.csv".format(app.settings.home))
 
 
 # ------------------------------------------------------------------------------------------------
