@@ -1,0 +1,99 @@
+"""What rerankers know about an item, and the small helpers every rule shares.
+
+Rerankers are pure: they read a catalogue lookup (``Mapping[str, ItemMeta]``) and a query and
+return a new ``Scored``. Items missing from the catalogue have no attributes: attribute rules do
+not match them and stock rules treat them as described per rule.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal, Protocol
+
+import numpy as np
+
+from shelf.models.base import Query, Scored
+from shelf.schema import CATEGORY_SEPARATOR
+
+Attribute = Literal["item_id", "category", "brand"]
+
+
+@dataclass(frozen=True)
+class ItemMeta:
+    """Catalogue facts about one item, as serving knows them now."""
+
+    category: str | None = None  # path, levels joined by "/"
+    brand: str | None = None
+    stock: int | None = None  # None: unknown (never treated as out of stock)
+    launched_at: datetime | None = None  # timezone-aware
+    price: float | None = None
+
+    @property
+    def in_stock(self) -> bool:
+        return self.stock is None or self.stock > 0
+
+
+Catalogue = Mapping[str, ItemMeta]
+NO_META = ItemMeta()
+
+
+class Reranker(Protocol):
+    """Reorders or filters candidates; pure, no I/O.
+
+    Contract: the first ``n`` entries of the result are the rule's decision; a reranker may keep
+    the remaining candidates after them (ordered) so that later rules can still draw on them.
+    It never adds an item that was not among its input and never returns an item twice.
+    """
+
+    def __call__(self, query: Query, items: Scored, n: int) -> Scored: ...
+
+
+@dataclass(frozen=True)
+class Entry:
+    item: str
+    score: float
+    source: str
+
+
+def entries(items: Scored) -> list[Entry]:
+    sources = items.sources if items.sources is not None else np.full(len(items), "", dtype=object)
+    return [Entry(str(i), float(s), str(src)) for i, s, src in zip(items.items, items.scores, sources, strict=True)]
+
+
+def to_scored(chosen: Iterable[Entry]) -> Scored:
+    chosen = list(chosen)
+    return Scored(
+        np.array([e.item for e in chosen], dtype=object),
+        np.array([e.score for e in chosen], dtype=np.float32),
+        np.array([e.source for e in chosen], dtype=object),
+    )
+
+
+def category_at(meta: ItemMeta, level: int | None) -> str | None:
+    """The category path cut to ``level`` levels (None: the full path)."""
+    if not meta.category:
+        return None
+    if level is None:
+        return meta.category
+    parts = [p for p in meta.category.split(CATEGORY_SEPARATOR) if p]
+    return CATEGORY_SEPARATOR.join(parts[:level]) or None
+
+
+def attribute_of(item: str, meta: ItemMeta, attribute: Attribute) -> str | None:
+    if attribute == "item_id":
+        return item
+    if attribute == "brand":
+        return meta.brand
+    return meta.category
+
+
+def matches(item: str, meta: ItemMeta, attribute: Attribute, value: str) -> bool:
+    """Equality, except categories match by path prefix ("shoes" matches "shoes/running")."""
+    actual = attribute_of(item, meta, attribute)
+    if actual is None:
+        return False
+    if attribute == "category":
+        return actual == value or actual.startswith(value.rstrip(CATEGORY_SEPARATOR) + CATEGORY_SEPARATOR)
+    return actual == value

@@ -1,0 +1,271 @@
+"""Business rules as rerankers: filters, boost / bury / pin, new-launch slots, diversity.
+
+Every class here is a frozen dataclass (its configuration) whose ``__call__`` is the pure rule
+``(query, items, n) -> Scored``. Filters drop items; the others reorder and keep the candidates
+they did not place as an ordered tail (see :class:`~shelf.rerank.catalogue.Reranker`). Scores
+stay what the model said (times a boost, for boosted items); after reranking, order is the
+decision and scores need not be monotone.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Literal
+
+from shelf.models.base import Query, Scored
+from shelf.rerank.catalogue import (
+    NO_META,
+    Attribute,
+    Catalogue,
+    Entry,
+    ItemMeta,
+    category_at,
+    entries,
+    matches,
+    to_scored,
+)
+
+
+@dataclass(frozen=True)
+class Dedupe:
+    """Keeps the first (best) occurrence of each item."""
+
+    def __call__(self, query: Query, items: Scored, n: int) -> Scored:
+        seen: set[str] = set()
+        kept = []
+        for e in entries(items):
+            if e.item not in seen:
+                seen.add(e.item)
+                kept.append(e)
+        return to_scored(kept)
+
+
+@dataclass(frozen=True)
+class DropExcluded:
+    """Drops the items the query excludes (``Query.exclude``)."""
+
+    def __call__(self, query: Query, items: Scored, n: int) -> Scored:
+        if not query.exclude:
+            return items
+        return to_scored(e for e in entries(items) if e.item not in query.exclude)
+
+
+@dataclass(frozen=True)
+class DropOutOfStock:
+    """Drops items whose stock is zero or less; ``unknown`` says what happens to uncatalogued items."""
+
+    catalogue: Catalogue
+    unknown: Literal["keep", "drop"] = "keep"
+
+    def __call__(self, query: Query, items: Scored, n: int) -> Scored:
+        def ok(item: str) -> bool:
+            meta = self.catalogue.get(item)
+            if meta is None:
+                return self.unknown == "keep"
+            return meta.in_stock
+
+        return to_scored(e for e in entries(items) if ok(e.item))
+
+
+@dataclass(frozen=True)
+class DropPurchased:
+    """Drops what the shopper already bought (``purchased(user_id)``); anonymous queries pass."""
+
+    purchased: Callable[[str], Collection[str]]
+
+    def __call__(self, query: Query, items: Scored, n: int) -> Scored:
+        if query.user_id is None:
+            return items
+        bought = self.purchased(query.user_id)
+        if not bought:
+            return items
+        return to_scored(e for e in entries(items) if e.item not in bought)
+
+
+@dataclass(frozen=True)
+class Boost:
+    """Multiplies the score of matching items by ``factor`` (>1 lifts, <1 lowers), then re-sorts.
+
+    Negative scores are divided instead, so a boost always moves an item towards the top.
+    """
+
+    catalogue: Catalogue
+    attribute: Attribute
+    value: str
+    factor: float
+
+    def __post_init__(self) -> None:
+        if not (self.factor > 0 and math.isfinite(self.factor)):
+            raise ValueError(f"boost factor must be a positive finite number, got {self.factor}")
+
+    def __call__(self, query: Query, items: Scored, n: int) -> Scored:
+        out = []
+        for e in entries(items):
+            if matches(e.item, self.catalogue.get(e.item, NO_META), self.attribute, self.value):
+                score = e.score * self.factor if e.score >= 0 else e.score / self.factor
+                e = Entry(e.item, score, e.source)
+            out.append(e)
+        # Stable: ties keep the incoming order.
+        out.sort(key=lambda e: -e.score)
+        return to_scored(out)
+
+
+@dataclass(frozen=True)
+class Bury:
+    """Moves matching items below every non-matching one (they only fill leftover slots)."""
+
+    catalogue: Catalogue
+    attribute: Attribute
+    value: str
+
+    def __call__(self, query: Query, items: Scored, n: int) -> Scored:
+        all_ = entries(items)
+        hit = [matches(e.item, self.catalogue.get(e.item, NO_META), self.attribute, self.value) for e in all_]
+        return to_scored([e for e, h in zip(all_, hit, strict=True) if not h] + [e for e, h in zip(all_, hit, strict=True) if h])
+
+
+@dataclass(frozen=True)
+class Pin:
+    """Moves matching candidates to the top, in their current order (up to ``n`` of them)."""
+
+    catalogue: Catalogue
+    attribute: Attribute
+    value: str
+
+    def __call__(self, query: Query, items: Scored, n: int) -> Scored:
+        all_ = entries(items)
+        pinned = [e for e in all_ if matches(e.item, self.catalogue.get(e.item, NO_META), self.attribute, self.value)][:n]
+        chosen = {e.item for e in pinned}
+        return to_scored(pinned + [e for e in all_ if e.item not in chosen])
+
+
+def is_new(meta: ItemMeta, query: Query, max_age: timedelta) -> bool:
+    now = query.context.timestamp
+    if meta.launched_at is None or now is None:
+        return False
+    return now - max_age <= meta.launched_at <= now
+
+
+@dataclass(frozen=True)
+class ReserveNewLaunches:
+    """Guarantees ``round(share * n)`` of the top ``n`` slots to items launched within ``max_age``.
+
+    "Now" is ``query.context.timestamp`` (a rule without a clock is a no-op). When the top ``n``
+    already holds enough new items nothing moves; otherwise the best new items from the tail
+    replace the lowest-placed old ones and take the last slots.
+    """
+
+    catalogue: Catalogue
+    share: float
+    max_age: timedelta = timedelta(days=30)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.share <= 1.0:
+            raise ValueError(f"new-launch share must be within [0, 1], got {self.share}")
+
+    def __call__(self, query: Query, items: Scored, n: int) -> Scored:
+        all_ = entries(items)
+        reserved = math.floor(self.share * n + 0.5)
+
+        def new(e: Entry) -> bool:
+            return is_new(self.catalogue.get(e.item, NO_META), query, self.max_age)
+
+        top, tail = all_[:n], all_[n:]
+        missing = reserved - sum(1 for e in top if new(e))
+        if missing <= 0:
+            return items
+        promoted = [e for e in tail if new(e)][:missing]
+        if not promoted:
+            return items
+        # Demote the lowest-placed old items to make room (only as many as are promoted).
+        room = max(0, len(top) + len(promoted) - n)
+        demoted: list[Entry] = []
+        kept = list(top)
+        for i in range(len(kept) - 1, -1, -1):
+            if len(demoted) == room:
+                break
+            if not new(kept[i]):
+                demoted.insert(0, kept.pop(i))
+        promoted_ids = {e.item for e in promoted}
+        rest = [e for e in tail if e.item not in promoted_ids]
+        return to_scored(kept + promoted + demoted + rest)
+
+
+@dataclass(frozen=True)
+class CategoryCaps:
+    """At most ``max_per_category`` items of one category (cut to ``level``) in the top ``n``.
+
+    Soft: when other candidates run out, capped items fill the remaining slots in order.
+    """
+
+    catalogue: Catalogue
+    max_per_category: int
+    level: int | None = 1
+
+    def __post_init__(self) -> None:
+        if self.max_per_category < 1:
+            raise ValueError(f"max_per_category must be at least 1, got {self.max_per_category}")
+
+    def __call__(self, query: Query, items: Scored, n: int) -> Scored:
+        counts: Counter[str] = Counter()
+        chosen: list[Entry] = []
+        overflow: list[Entry] = []
+        for e in entries(items):
+            category = category_at(self.catalogue.get(e.item, NO_META), self.level)
+            if len(chosen) < n and (category is None or counts[category] < self.max_per_category):
+                chosen.append(e)
+                if category is not None:
+                    counts[category] += 1
+            else:
+                overflow.append(e)
+        return to_scored(chosen + overflow)
+
+
+@dataclass(frozen=True)
+class MaximalMarginalRelevance:
+    """Greedy MMR over the top ``n``: ``lambda_ * relevance - (1 - lambda_) * redundancy``.
+
+    Relevance is the score min-max scaled to [0, 1] over the candidates; redundancy is 1 when an
+    item's category (cut to ``level``) is already on the list, else 0. ``lambda_=1`` keeps the
+    model's order; lower values trade relevance for more categories.
+    """
+
+    catalogue: Catalogue
+    lambda_: float = 0.7
+    level: int | None = 1
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.lambda_ <= 1.0:
+            raise ValueError(f"MMR lambda must be within [0, 1], got {self.lambda_}")
+
+    def __call__(self, query: Query, items: Scored, n: int) -> Scored:
+        remaining = entries(items)
+        if not remaining:
+            return items
+        low = min(e.score for e in remaining)
+        high = max(e.score for e in remaining)
+        span = high - low
+
+        def relevance(e: Entry) -> float:
+            return 1.0 if span <= 0 else (e.score - low) / span
+
+        categories = {e.item: category_at(self.catalogue.get(e.item, NO_META), self.level) for e in remaining}
+        shown: set[str] = set()
+        chosen: list[Entry] = []
+        while remaining and len(chosen) < n:
+            best_index, best_value = 0, -math.inf
+            for i, e in enumerate(remaining):
+                category = categories[e.item]
+                redundancy = 1.0 if category is not None and category in shown else 0.0
+                value = self.lambda_ * relevance(e) - (1.0 - self.lambda_) * redundancy
+                if value > best_value:  # strict: ties go to the better-ranked item
+                    best_index, best_value = i, value
+            picked = remaining.pop(best_index)
+            chosen.append(picked)
+            if categories[picked.item] is not None:
+                shown.add(categories[picked.item])  # type: ignore[arg-type]
+        return to_scored(chosen + remaining)

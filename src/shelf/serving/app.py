@@ -1,0 +1,564 @@
+"""The HTTP service: ``create_app(settings)`` builds it; ``shelf serve`` runs it under uvicorn.
+
+Routes and who may call them (``Authorization: Bearer <key>``; admin may call everything):
+
+====================================  =======================  =====================================
+route                                 role                     what
+====================================  =======================  =====================================
+POST /events                          events:write             batch of events, durable before 200
+PUT /items                            events:write             stock / price / attributes updates
+GET /recommendations                  recommendations:read     for a user and/or session
+GET /items/{item_id}/similar          recommendations:read     items like this one
+POST /basket                          recommendations:read     items that go with these
+GET /admin/status                     admin                    bundle, state, WAL, exposure figures
+GET /health, /ready, /metrics         none                     liveness, readiness, Prometheus
+GET /docs, /openapi.json              none                     the API description
+====================================  =======================  =====================================
+
+Health, readiness and metrics are open on purpose: orchestrators and Prometheus scrape them
+without secrets, and they carry no shopper data (only counts and the bundle version). Bind the
+service to a private interface, or put the metrics port behind the network policy, if even
+counts are sensitive.
+
+Order of work on ``POST /events``: strict per-record checks → pseudonymize → WAL append
+(fsynced, group commit) → online state → response. A 200 or 422 response means every record
+it counts as accepted is durable. 422 means *some* records were refused; the others were
+accepted (see the body). 400: the body is not JSON. 413: over ``max_body_bytes``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import anyio
+import orjson
+from fastapi import Depends, FastAPI, Request, Response
+from fastapi import Path as PathParam
+from fastapi import Query as QueryParam
+from fastapi.exception_handlers import request_validation_exception_handler
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.concurrency import run_in_threadpool
+from starlette.convertors import Convertor, register_url_convertor
+
+from shelf import __version__
+from shelf.errors import InputError
+from shelf.lake.wal import WriteAheadLog
+from shelf.models.base import Context, Query, Scored
+from shelf.privacy import Pseudonymizer
+from shelf.registry.bundles import Registry
+from shelf.rerank import ItemMeta, RerankConfig, build_pipeline
+from shelf.schema import MAX_ID_LENGTH
+from shelf.serving.api import (
+    MAX_K,
+    BasketIn,
+    EventBatchIn,
+    EventsResult,
+    Health,
+    ItemsIn,
+    ItemsResult,
+    Problem,
+    Readiness,
+    Recommendations,
+    ScoredItem,
+    Status,
+    parse_aware_time,
+)
+from shelf.serving.auth import ApiKey, KeyStore, Role, grants
+from shelf.serving.bundles import RecommenderLoader, RecommenderSlot
+from shelf.serving.config import EXPOSURE_FOLDER, WAL_FOLDER, ServeConfig
+from shelf.serving.events import ValidationCoalescer, batch_problem, check_events
+from shelf.serving.exposures import ExposureLog
+from shelf.serving.metrics import ServingMetrics
+from shelf.serving.online import OnlineState
+from shelf.settings import Settings
+
+log = logging.getLogger(__name__)
+
+PUBLIC_PATHS = frozenset({"/health", "/ready", "/metrics"})
+ROLE_KEY = "x-shelf-role"  # OpenAPI extension naming the role a route requires
+
+
+class ApiProblem(Exception):
+    def __init__(self, status: int, error: str, detail: str, headers: dict[str, str] | None = None) -> None:
+        self.status, self.error, self.detail, self.headers = status, error, detail, headers
+
+
+def _problem_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    text = {
+        400: "The body is not valid JSON.",
+        401: "No key, or a key that is unknown or revoked.",
+        403: "The key's role does not allow this route.",
+        413: "The body is larger than the service accepts.",
+    }
+    return {code: {"model": Problem, "description": text[code]} for code in codes}
+
+
+AUTH_RESPONSES = _problem_responses(401, 403)
+NOT_READY = {503: {"model": Problem, "description": "Starting or stopping: the write-ahead log is not open."}}
+BODY_RESPONSES = _problem_responses(400, 413)
+
+
+# ----------------------------------------------------------------------------------------------
+# The runtime: everything one serving process holds
+
+
+class Runtime:
+    """State of one serving process; created by ``create_app``, opened by its lifespan."""
+
+    def __init__(self, settings: Settings, config: ServeConfig, loader: RecommenderLoader | None) -> None:
+        self.settings = settings
+        self.config = config
+        self.pseudonymizer = Pseudonymizer(settings.require_pseudonym_key())
+        self.validation = ValidationCoalescer(self.pseudonymizer)
+        self.keys = KeyStore(settings.home)
+        self.state = OnlineState(config.limits)
+        self.catalogue: dict[str, ItemMeta] = {}
+        self.slot = RecommenderSlot(self.state, Registry(settings.home), loader)
+        self.exposures = ExposureLog(Path(settings.home) / EXPOSURE_FOLDER, max_buffer=config.exposure_buffer)
+        self.metrics = ServingMetrics(self)
+        self.wal: WriteAheadLog | None = None
+        self.ready = False
+        self.events_accepted = 0
+        self.events_rejected = 0
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def open(self) -> None:
+        self.wal = WriteAheadLog(Path(self.settings.home) / WAL_FOLDER, segment_bytes=self.config.wal_segment_bytes)
+
+    def close(self) -> None:
+        self.exposures.flush()
+        if self.wal is not None:
+            self.wal.close()
+            self.wal = None
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, app: FastAPI) -> AsyncIterator[None]:
+        await anyio.to_thread.run_sync(self.open)
+        await anyio.to_thread.run_sync(self.slot.check)  # the promoted bundle, before ready
+        tasks = [
+            asyncio.create_task(self._every(self.config.bundle_poll_seconds, self.slot.check)),
+            asyncio.create_task(self._every(self.config.exposure_flush_seconds, self.exposures.flush)),
+        ]
+        self.ready = True
+        try:
+            yield
+        finally:
+            # uvicorn has stopped taking requests and drained in-flight ones (SIGTERM) by now.
+            self.ready = False
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            await anyio.to_thread.run_sync(self.close)
+
+    @staticmethod
+    async def _every(seconds: float, work: Callable[[], object]) -> None:
+        while True:
+            await asyncio.sleep(seconds)
+            try:
+                await anyio.to_thread.run_sync(work)
+            except Exception:  # a background failure is logged, never fatal to serving
+                log.exception("background task %s failed", getattr(work, "__name__", work))
+
+    # -- events and catalogue --------------------------------------------------------------
+
+    def accept_events(self, payload: Any) -> EventsResult:
+        try:
+            checked = check_events(payload, pseudonymizer=self.pseudonymizer, max_batch=self.config.max_batch, coalescer=self.validation)
+        except InputError as error:
+            return EventsResult(accepted=0, rejected=0, errors=[batch_problem("events", "", str(error))])
+        if checked.valid.num_rows:
+            if self.wal is None:
+                raise ApiProblem(503, "not_ready", "the write-ahead log is not open (starting or stopping)")
+            self.wal.append(checked.valid)  # durable before anything else happens
+            self.state.apply(checked.valid)
+        self.events_accepted += checked.valid.num_rows
+        self.events_rejected += checked.rejected
+        self.metrics.events(checked.valid.num_rows, checked.rejected)
+        return EventsResult(accepted=checked.valid.num_rows, rejected=checked.rejected, errors=checked.problems)
+
+    def update_items(self, body: ItemsIn) -> int:
+        for update in body.items:
+            item_id = str(update.item_id)
+            fields = update.model_dump(exclude_unset=True, exclude={"item_id"})
+            if "launched_at" in fields and fields["launched_at"] is not None:
+                fields["launched_at"] = parse_aware_time(fields["launched_at"])
+            # One assignment per item: readers see the old or the new ItemMeta.
+            self.catalogue[item_id] = replace(self.catalogue.get(item_id, ItemMeta()), **fields)
+        return len(body.items)
+
+    # -- recommendations -------------------------------------------------------------------
+
+    def _who(self, user_id: str | int | None, session_id: str | int | None) -> tuple[str | None, str | None]:
+        user = self.pseudonymizer.one(str(user_id)) if user_id is not None else None
+        session = str(session_id) if session_id is not None else None
+        if user is None and session is not None:
+            user = self.state.user_of_session(session)  # the session logged in earlier
+        return user, session
+
+    def _finish(
+        self, surface: str, query: Query, candidates: Scored, k: int, rerank: RerankConfig, version: str, extra: dict[str, Any]
+    ) -> Recommendations:
+        pipeline = build_pipeline(rerank, self.catalogue, purchased=self.state.purchased)
+        chosen = pipeline(query, candidates, k)
+        exposure_id = uuid.uuid4().hex
+        sources = chosen.sources if chosen.sources is not None else [""] * len(chosen)
+        items = [ScoredItem(item_id=str(i), score=float(s), source=str(src)) for i, s, src in zip(chosen.items, chosen.scores, sources, strict=True)]
+        self.exposures.log(
+            {
+                "exposure_id": exposure_id,
+                "at": datetime.now(UTC).isoformat(),
+                "surface": surface,
+                "bundle_version": version,
+                "user_id": query.user_id,
+                "items": [i.item_id for i in items],
+                "scores": [i.score for i in items],
+                "sources": [i.source for i in items],
+                "region": query.context.region,
+                "device": query.context.device,
+                **extra,
+            }
+        )
+        return Recommendations(bundle_version=version, exposure_id=exposure_id, items=items)
+
+    def recommend(self, user_id: str | None, session_id: str | None, k: int, region: str | None, device: str | None) -> Recommendations:
+        user, session = self._who(user_id, session_id)
+        session_items = self.state.session_items(session) if session is not None else ()
+        query = Query(
+            user_id=user,
+            session_items=session_items,
+            context=Context(timestamp=datetime.now(UTC), region=region, device=device),
+            exclude=frozenset(session_items) if self.config.exclude_seen else frozenset(),
+        )
+        recommender = self.slot.current  # read once: a swap mid-request cannot mix versions
+        candidates = recommender.recommend(query, k * self.config.candidates_per_slot)
+        return self._finish("recommendations", query, candidates, k, self.config.rerank_recommendations, recommender.version, {"session_id": session})
+
+    def similar(self, item_id: str, k: int) -> Recommendations:
+        query = Query(context=Context(timestamp=datetime.now(UTC)), exclude=frozenset({item_id}))
+        recommender = self.slot.current
+        candidates = recommender.similar(item_id, k * self.config.candidates_per_slot)
+        return self._finish("similar", query, candidates, k, self.config.rerank_similar, recommender.version, {"item_id": item_id})
+
+    def basket(self, body: BasketIn) -> Recommendations:
+        user, session = self._who(body.user_id, body.session_id)
+        basket = [str(i) for i in body.item_ids]
+        query = Query(user_id=user, context=Context(timestamp=datetime.now(UTC)), exclude=frozenset(basket))
+        recommender = self.slot.current
+        candidates = recommender.basket(basket, body.k * self.config.candidates_per_slot)
+        return self._finish("basket", query, candidates, body.k, self.config.rerank_basket, recommender.version, {"basket": basket, "session_id": session})
+
+    def status(self) -> Status:
+        wal = self.wal.stats() if self.wal is not None else None
+        failure = self.slot.last_failure
+        return Status(
+            bundle_version=self.slot.current.version,
+            last_bundle_failure=f"{failure.version}: {failure.error}" if failure else None,
+            online_state=self.state.sizes(),
+            events_accepted=self.events_accepted,
+            events_rejected=self.events_rejected,
+            wal_segments=wal.segments if wal else 0,
+            wal_appends=wal.appends if wal else 0,
+            wal_fsyncs=wal.fsyncs if wal else 0,
+            exposures_pending=self.exposures.pending(),
+        )
+
+
+# ----------------------------------------------------------------------------------------------
+# Dependencies (each overridable with app.dependency_overrides)
+
+
+def get_runtime(request: Request) -> Runtime:
+    runtime: Runtime = request.app.state.shelf
+    return runtime
+
+
+_bearer = HTTPBearer(auto_error=False, description="An API key: `shelf keys create --role ROLE`.")
+
+
+def current_key(
+    runtime: Annotated[Runtime, Depends(get_runtime)],
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> ApiKey:
+    challenge = {"WWW-Authenticate": "Bearer"}
+    if credentials is None or not credentials.credentials:
+        raise ApiProblem(401, "unauthenticated", "send Authorization: Bearer <key>", challenge)
+    key = runtime.keys.authenticate(credentials.credentials)
+    if key is None:
+        raise ApiProblem(401, "unauthenticated", "unknown or revoked key", challenge)
+    return key
+
+
+def require(role: Role) -> Callable[[ApiKey], ApiKey]:
+    def check(key: Annotated[ApiKey, Depends(current_key)]) -> ApiKey:
+        if not grants(key.role, role):
+            raise ApiProblem(403, "forbidden", f"this route needs a key with role {role} (or admin); this key has {key.role}")
+        return key
+
+    return check
+
+
+class _ItemIdConvertor(Convertor[str]):
+    """Item ids are opaque: any characters, "/" and newlines included (":path" stops at newlines)."""
+
+    regex = r"[\s\S]*"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("item_id", _ItemIdConvertor())
+
+RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+K = Annotated[int, QueryParam(ge=1, le=MAX_K, description="How many items.")]
+IdParam = Annotated[str | None, QueryParam(min_length=1, max_length=MAX_ID_LENGTH)]
+ContextParam = Annotated[str | None, QueryParam(min_length=1, max_length=64)]
+ItemIdParam = Annotated[str, PathParam(min_length=1, max_length=MAX_ID_LENGTH)]
+
+
+# ----------------------------------------------------------------------------------------------
+# Middleware: bounded bodies, per-route latency
+
+
+class BodyLimit:
+    """Reads at most ``max_bytes`` of a request body before the app sees it; more → 413."""
+
+    def __init__(self, app: Callable[..., Awaitable[None]], max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: dict[str, Any], receive: Callable[..., Awaitable[dict[str, Any]]], send: Callable[..., Awaitable[None]]) -> None:
+        if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await self._refuse(send)
+            return
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_bytes:
+                await self._refuse(send)
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        replayed = False
+
+        async def replay() -> dict[str, Any]:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _refuse(self, send: Callable[..., Awaitable[None]]) -> None:
+        payload = orjson.dumps({"error": "too_large", "detail": f"the body is over {self.max_bytes} bytes"})
+        await send({"type": "http.response.start", "status": 413, "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()), (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": payload})
+
+
+class Timing:
+    """Observes every request's latency under its route template (not the raw path)."""
+
+    def __init__(self, app: Callable[..., Awaitable[None]], metrics: ServingMetrics) -> None:
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope: dict[str, Any], receive: Callable[..., Awaitable[dict[str, Any]]], send: Callable[..., Awaitable[None]]) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def capture(message: dict[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, capture)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", None) or "unmatched"
+            self.metrics.request(template, scope["method"], status, time.perf_counter() - started)
+
+
+# ----------------------------------------------------------------------------------------------
+# The app
+
+
+def create_app(
+    settings: Settings,
+    *,
+    config: ServeConfig | None = None,
+    recommender_loader: RecommenderLoader | None = None,
+) -> FastAPI:
+    """Build the service. Nothing is opened until the lifespan starts (uvicorn, or a test client).
+
+    ``recommender_loader`` turns a promoted bundle into a recommender; without one, serving uses
+    the online popularity / co-visitation recommender (cold start) and ignores the registry.
+    """
+    config = config or ServeConfig()
+    runtime = Runtime(settings, config, recommender_loader)
+    app = FastAPI(
+        title="shelf",
+        version=__version__,
+        description=__doc__,
+        lifespan=runtime.lifespan,
+    )
+    app.state.shelf = runtime
+
+    @app.exception_handler(ApiProblem)
+    async def _problem(request: Request, exc: ApiProblem) -> JSONResponse:
+        return JSONResponse({"error": exc.error, "detail": exc.detail}, status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> Response:
+        if any(e.get("type") == "json_invalid" for e in exc.errors()):
+            return JSONResponse({"error": "invalid_json", "detail": "the body is not valid JSON"}, status_code=400)
+        return await request_validation_exception_handler(request, exc)
+
+    def role(r: Role) -> dict[str, Any]:
+        return {"dependencies": [Depends(require(r))], "openapi_extra": {ROLE_KEY: r}, "responses": dict(AUTH_RESPONSES)}
+
+    events_route = role("events:write")
+    events_route["responses"].update(BODY_RESPONSES)
+    events_route["responses"].update(NOT_READY)
+    events_route["responses"][422] = {"model": EventsResult, "description": "Some records (or the batch as a whole) were refused; the `accepted` ones are durable."}
+    events_route["openapi_extra"]["requestBody"] = {
+        "required": True,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/EventBatchIn"}}},
+    }
+
+    @app.post("/events", response_model=EventsResult, summary="Send a batch of shopper events", **events_route)
+    async def post_events(request: Request, runtime: RuntimeDep) -> JSONResponse:
+        """Each record is accepted or refused on its own (422 lists the refused ones with field paths).
+
+        Accepted records are in the write-ahead log (fsynced) before the response is sent, and
+        the next recommendation reflects them. Resending a batch is safe: events are deduplicated
+        by ``event_id`` (derived from the content when absent) when the log is compacted.
+        """
+        try:
+            payload = orjson.loads(await request.body())
+        except orjson.JSONDecodeError as error:
+            raise ApiProblem(400, "invalid_json", f"the body is not valid JSON: {error}") from None
+        result = await run_in_threadpool(runtime.accept_events, payload)
+        return JSONResponse(result.model_dump(), status_code=422 if result.errors else 200)
+
+    items_route = role("events:write")
+    items_route["responses"].update(BODY_RESPONSES)
+
+    @app.put("/items", response_model=ItemsResult, summary="Update stock, price and attributes", **items_route)
+    def put_items(body: ItemsIn, runtime: RuntimeDep) -> ItemsResult:
+        """Feeds the rerank catalogue at once (out-of-stock items disappear from the next answer)."""
+        return ItemsResult(updated=runtime.update_items(body))
+
+    @app.get("/recommendations", response_model=Recommendations, summary="Recommendations for a shopper", **role("recommendations:read"))
+    def get_recommendations(
+        runtime: RuntimeDep,
+        user_id: IdParam = None,
+        session_id: IdParam = None,
+        k: K = 10,
+        region: ContextParam = None,
+        device: ContextParam = None,
+    ) -> Recommendations:
+        """``user_id`` is the shop's raw id (pseudonymized inside); either, both or none may be given."""
+        return runtime.recommend(user_id, session_id, k, region, device)
+
+    @app.get("/items/{item_id:item_id}/similar", response_model=Recommendations, summary="Items similar to one item", **role("recommendations:read"))
+    def get_similar(
+        runtime: RuntimeDep,
+        item_id: ItemIdParam,
+        k: K = 10,
+    ) -> Recommendations:
+        return runtime.similar(item_id, k)
+
+    basket_route = role("recommendations:read")
+    basket_route["responses"].update(BODY_RESPONSES)
+
+    @app.post("/basket", response_model=Recommendations, summary="Items that go with these", **basket_route)
+    def post_basket(body: BasketIn, runtime: RuntimeDep) -> Recommendations:
+        return runtime.basket(body)
+
+    @app.get("/admin/status", response_model=Status, summary="What this process serves and holds", **role("admin"))
+    def get_status(runtime: RuntimeDep) -> Status:
+        return runtime.status()
+
+    @app.get("/health", response_model=Health, summary="Liveness (no key needed)")
+    async def health() -> Health:
+        return Health(status="ok")
+
+    @app.get(
+        "/ready",
+        response_model=Readiness,
+        summary="Readiness (no key needed)",
+        responses={503: {"model": Readiness, "description": "Starting or stopping."}},
+    )
+    async def ready(runtime: RuntimeDep) -> JSONResponse:
+        body = Readiness(status="ready" if runtime.ready else "starting", bundle_version=runtime.slot.current.version if runtime.ready else None)
+        return JSONResponse(body.model_dump(), status_code=200 if runtime.ready else 503)
+
+    @app.get(
+        "/metrics",
+        summary="Prometheus metrics (no key needed)",
+        response_class=Response,
+        responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Prometheus text format."}},
+    )
+    async def metrics(runtime: RuntimeDep) -> Response:
+        body, content_type = runtime.metrics.render()
+        return Response(body, media_type=content_type)
+
+    # Make EventBatchIn part of the schema (POST /events parses its body itself, record by record).
+    original_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = original_openapi()
+            defs = EventBatchIn.model_json_schema(ref_template="#/components/schemas/{model}")
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            components.update(defs.pop("$defs", {}))
+            components["EventBatchIn"] = defs
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes)
+    app.add_middleware(Timing, metrics=runtime.metrics)
+    return app
+
+
+def route_roles(app: FastAPI) -> dict[tuple[str, str], Role | None]:
+    """(method, path) → the role it requires (None: public). What the auth tests walk."""
+    table: dict[tuple[str, str], Role | None] = {}
+    for route in app.routes:
+        if isinstance(route, APIRoute):
+            for method in route.methods or ():
+                table[(method, route.path)] = (route.openapi_extra or {}).get(ROLE_KEY)
+    return table
