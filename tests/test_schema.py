@@ -100,3 +100,11 @@ def test_items_integer_stock_and_json_attributes() -> None:
 def test_users_consent_flags_are_strict(pseudo: Pseudonymizer) -> None:
     result = validate_users(events(user_id=["x", "y"], consent_marketing=["true", "1"]), pseudonymizer=pseudo)
     assert result.valid.num_rows == 1 and result.errors[0].expected == "true or false"
+
+
+def test_huge_epochs_are_refused_not_crashing(pseudo: Pseudonymizer) -> None:
+    raw = pa.table({"item_id": ["a", "b"], "type": ["view", "view"], "timestamp": ["9300000000000", "99999999999999999"]})
+    result = validate_events(raw, pseudonymizer=pseudo)
+    assert result.valid.num_rows == 0 and {e.field for e in result.errors} == {"timestamp"}
+    numeric = pa.table({"item_id": ["a"], "type": ["view"], "timestamp": pa.array([9.3e12])})
+    assert validate_events(numeric, pseudonymizer=pseudo).errors[0].field == "timestamp"

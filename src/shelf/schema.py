@@ -45,6 +45,10 @@ _UNIT_TO_MICROS: dict[str, int] = {"s": 1_000_000, "ms": 1_000, "us": 1}
 # Bounds that catch a wrong --time-unit (seconds read as ms land in 1970, ms read as s in 50000 AD).
 MIN_TIMESTAMP_YEAR, MAX_TIMESTAMP_YEAR = 1971, 2200
 
+# Epoch values are scaled to microseconds in a BIGINT; beyond this they would overflow (year
+# ~290,000), so they are refused by the range check instead of crashing the query.
+_MAX_EPOCH_MICROS = 9.0e18
+
 MAX_ID_LENGTH = 256
 MAX_TEXT_LENGTH = 2048
 
@@ -306,7 +310,8 @@ class _Query:
             from_epoch = f"make_timestamptz(CAST(round(CAST({raw} AS DOUBLE) * {micros}) AS BIGINT))"
             aware = f"({epoch} OR regexp_matches({raw}, '(Z|z|[+-][0-9]{{2}}(:?[0-9]{{2}})?|[ ]?(UTC|GMT))$'))"
             parsed_aware = (
-                f"CASE WHEN {epoch} THEN CASE WHEN length({raw}) < 18 THEN {from_epoch} END "
+                f"CASE WHEN {epoch} THEN CASE WHEN length({raw}) < 18 AND "
+                f"CAST({raw} AS DOUBLE) * {micros} < {_MAX_EPOCH_MICROS} THEN {from_epoch} END "
                 f"ELSE TRY_CAST({raw} AS TIMESTAMPTZ) END"
             )
             if assume_tz is None:
@@ -335,7 +340,7 @@ class _Query:
             raw = f"CAST({col} AS DOUBLE)"
             self.check(f"{raw} IS NOT NULL AND NOT isfinite({raw})", name, col, "a finite epoch time")
             value = (
-                f"CASE WHEN isfinite({raw}) AND abs({raw}) < 1e17 "
+                f"CASE WHEN isfinite({raw}) AND abs({raw}) * {micros} < {_MAX_EPOCH_MICROS} "
                 f"THEN make_timestamptz(CAST(round({raw} * {micros}) AS BIGINT)) END"
             )
         else:
