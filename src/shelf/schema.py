@@ -343,6 +343,12 @@ class _Query:
                 f"CASE WHEN isfinite({raw}) AND abs({raw}) * {micros} < {_MAX_EPOCH_MICROS} "
                 f"THEN make_timestamptz(CAST(round({raw} * {micros}) AS BIGINT)) END"
             )
+            self.check(
+                f"isfinite({raw}) AND {value} IS NULL",
+                name,
+                col,
+                f"an epoch time between {MIN_TIMESTAMP_YEAR} and {MAX_TIMESTAMP_YEAR} (is the time unit right? it was read as {unit})",
+            )
         else:
             value = "CAST(NULL AS TIMESTAMPTZ)"
         if required:
