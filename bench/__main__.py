@@ -12,6 +12,8 @@ BENCHMARKS = {
     "quality": "bench.bench_quality",
     "sasrec": "bench.bench_sasrec",
     "ann": "bench.bench_ann",
+    "serving": "bench.bench_serving",
+    "twostage": "bench.bench_twostage",
 }
 
 

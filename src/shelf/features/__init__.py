@@ -19,7 +19,9 @@ from shelf.features.definitions import (
     FeatureFrame,
     FeatureSet,
     SessionField,
+    SourceScore,
     default_feature_set,
+    source_score_features,
 )
 from shelf.features.leakage import LeakageReport, audit_leakage
 from shelf.features.offline import compute_offline
@@ -45,8 +47,10 @@ __all__ = [
     "LeakageReport",
     "OnlineFeatures",
     "SessionField",
+    "SourceScore",
     "Vocabulary",
     "audit_leakage",
     "compute_offline",
     "default_feature_set",
+    "source_score_features",
 ]

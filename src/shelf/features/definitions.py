@@ -288,8 +288,48 @@ class CandidateField(Feature):
         return "log1p" if self.source == "rank" else "none"
 
 
+@dataclass(frozen=True)
+class SourceScore(Feature):
+    """What one source of a blended retrieval said about the candidate.
+
+    ``field="score"``: the source's raw score (NaN when the source did not score the item; the
+    encoder then substitutes the training median). ``field="rank"``: the candidate's rank among
+    the request's candidates by that source's score (0 = best; candidates the source did not
+    score share the last rank, the number of candidates). Both engines read the value from what
+    the retrieval stage handed over (``column``), never from events, so they cannot leak.
+    """
+
+    retriever: str = ""
+    field: Literal["score", "rank"] = "score"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.retriever or not self.retriever.replace("_", "").replace("-", "").isalnum():
+            raise FeatureDefinitionError(f"feature {self.name!r}: retriever {self.retriever!r} must be a source name")
+        if self.field not in ("score", "rank"):
+            raise FeatureDefinitionError(f"feature {self.name!r}: field {self.field!r} must be score or rank")
+
+    @property
+    def column(self) -> str:
+        """The examples column (offline) and ``source_features`` key (online) holding the value."""
+        return f"source_{self.field}_{self.retriever}"
+
+    @property
+    def transform(self) -> Transform:
+        return "log1p" if self.field == "rank" else "none"
+
+
+def source_score_features(retrievers: Sequence[str]) -> tuple[SourceScore, ...]:
+    """Score and rank features of each named retrieval source (group ``candidate``)."""
+    out: list[SourceScore] = []
+    for r in retrievers:
+        key = r.replace("-", "_")
+        out += [SourceScore(f"src_{key}_score", "candidate", r, "score"), SourceScore(f"src_{key}_rank", "candidate", r, "rank")]
+    return tuple(out)
+
+
 _FEATURE_TYPES: dict[str, type[Feature]] = {
-    cls.__name__: cls for cls in (EventAggregate, Attribute, ContextField, SessionField, CandidateField)
+    cls.__name__: cls for cls in (EventAggregate, Attribute, ContextField, SessionField, CandidateField, SourceScore)
 }
 
 

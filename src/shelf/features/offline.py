@@ -28,6 +28,7 @@ from shelf.features.definitions import (
     FeatureFrame,
     FeatureSet,
     SessionField,
+    SourceScore,
 )
 from shelf.schema import EVENT_SCHEMA, ITEM_SCHEMA, TIMESTAMP_TYPE, USER_SCHEMA
 
@@ -165,7 +166,17 @@ def compute_offline(
             parts[f.name] = col.to_numpy(zero_copy_only=False).astype(object)
         else:
             parts[f.name] = col.to_numpy(zero_copy_only=False).astype(np.float64)
+    for f in feature_set.of_type(SourceScore):
+        parts[f.name] = _source_column(examples, f)
     return assemble(feature_set, parts, x.num_rows)
+
+
+def _source_column(examples: pa.Table, f: SourceScore) -> np.ndarray:
+    """A per-source retrieval value handed over in the examples (NaN when not given)."""
+    if f.column not in examples.column_names:
+        return np.full(examples.num_rows, np.nan)
+    col = examples[f.column].cast(pa.float64()).to_numpy(zero_copy_only=False)
+    return np.asarray(col, dtype=np.float64)
 
 
 def assemble(feature_set: FeatureSet, parts: dict[str, np.ndarray], n: int) -> FeatureFrame:

@@ -36,6 +36,7 @@ from shelf.features.definitions import (
     FeatureFrame,
     FeatureSet,
     SessionField,
+    SourceScore,
 )
 from shelf.features.offline import assemble
 from shelf.schema import BUILTIN_EVENT_TYPES, ITEM_SCHEMA, USER_SCHEMA
@@ -339,6 +340,12 @@ class OnlineFeatures:
                 if candidates.sources is not None:
                     col[:] = candidates.sources
                 parts[f.name] = col
+        # Per-source retrieval values ride along with the candidates (``source_features``,
+        # column name -> array aligned with ``items``); a plain ``Scored`` has none (NaN).
+        extra = getattr(candidates, "source_features", None) or {}
+        for f in self.feature_set.of_type(SourceScore):
+            value = extra.get(f.column)
+            parts[f.name] = np.full(n, np.nan) if value is None else np.asarray(value, dtype=np.float64)
         return assemble(self.feature_set, parts, n)
 
     def _affinity(self, f: EventAggregate, sub: dict[str, np.ndarray], t_us: int, item_rows: np.ndarray) -> np.ndarray:

@@ -95,7 +95,8 @@ def train(lake: Any, registry: Registry, config: TrainConfig, *, as_of: datetime
             },
             parameters={"model": config.model, "seed": config.seed, "config": _config_of(model), "fit_seconds": round(fit_seconds, 3)},
             metrics=metrics,
-            feature_set_version=RETRIEVAL_ONLY_FEATURES,
+            # A two-stage model reports the version of the features its ranker was trained on.
+            feature_set_version=str(getattr(model, "feature_set_version", None) or RETRIEVAL_ONLY_FEATURES),
             code_version=code_version(),
             notes=f"last event in snapshot: {last.isoformat()}",
         )

@@ -20,8 +20,8 @@ def _shelf_models(seed: int) -> dict[str, ModelFactory]:
     from shelf.models.retrieval import (
         ALSConfig,
         ALSRetriever,
-        CoOccurrenceRetriever,
         ContentRetriever,
+        CoOccurrenceRetriever,
         EASERetriever,
         PopularityConfig,
         PopularityRetriever,
@@ -41,9 +41,28 @@ def _shelf_models(seed: int) -> dict[str, ModelFactory]:
     }
 
 
+def _two_stage_models(seed: int) -> dict[str, ModelFactory]:
+    """Retrieval (the default blend) followed by the engagement ranker, neural or LightGBM."""
+
+    def make(kind: str) -> Any:
+        from shelf.models.ranking import (
+            LightGBMRanker,
+            LightGBMRankerConfig,
+            NeuralRanker,
+            NeuralRankerConfig,
+        )
+        from shelf.models.retrieval import default_blend
+        from shelf.models.twostage import TwoStage, TwoStageConfig
+
+        ranker = NeuralRanker(NeuralRankerConfig(seed=seed)) if kind == "neural" else LightGBMRanker(LightGBMRankerConfig(seed=seed))
+        return TwoStage(default_blend(seed=seed), ranker, config=TwoStageConfig(seed=seed))
+
+    return {"shelf-twostage": lambda: make("neural"), "shelf-twostage-gbdt": lambda: make("gbdt")}
+
+
 def available(*, seed: int = 0, tune: bool = True) -> dict[str, ModelFactory]:
     """Name → factory of an unfitted model. Peers come from their own libraries."""
-    return {**_peers(seed, tune), **_shelf_models(seed)}
+    return {**_peers(seed, tune), **_shelf_models(seed), **_two_stage_models(seed)}
 
 
 def pick(names: Sequence[str], *, seed: int = 0, tune: bool = True) -> dict[str, ModelFactory]:

@@ -125,6 +125,19 @@ class RankerBase:
         p = self.calibrator_(self._logits(frame))
         return np.where(np.isfinite(p), p, 0.0)
 
+    def predict_with_logits(self, frame: FeatureFrame) -> tuple[np.ndarray, np.ndarray]:
+        """``(calibrated probabilities, raw logits)`` per row, both finite float64.
+
+        Isotonic calibration maps whole logit ranges to one probability; the logits break those
+        ties when candidates are ordered (probability first, logit second).
+        """
+        self._check_fitted()
+        if len(frame) == 0:
+            return np.empty(0, dtype=np.float64), np.empty(0, dtype=np.float64)
+        logits = np.nan_to_num(self._logits(frame), nan=-40.0, posinf=40.0, neginf=-40.0)
+        p = self.calibrator_(logits)
+        return np.where(np.isfinite(p), p, 0.0), logits
+
     def with_features(self, features: FeatureSource) -> Self:
         """Use ``features`` (e.g. ``OnlineFeatures``) to compute candidate features in ``score``."""
         self.features = features

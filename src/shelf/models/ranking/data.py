@@ -199,10 +199,17 @@ def build_ranking_set(
     cols: dict[str, list[object]] = {k: [] for k in (
         "request", "user_id", "item_id", "timestamp", "session_id", "device", "region",
         "candidate_score", "candidate_rank", "candidate_source", "label", "weight")}
+    # Per-source retrieval values (``source_features`` of a blend's candidates) become example
+    # columns that ``SourceScore`` features read; absent keys read as NaN.
+    extra: dict[str, list[float]] = {}
     for rid, (r, positives) in enumerate(zip(req_rows, engaged, strict=True)):
         cands = generator(r["user_id"], r["timestamp"], cfg.n_candidates)
         if not len(cands):
             continue
+        per_source = getattr(cands, "source_features", None) or {}
+        for key in per_source:
+            if key not in extra:
+                extra[key] = [float("nan")] * len(cols["request"])
         ids = np.asarray(cands.items, dtype=object)
         is_pos = np.fromiter((i in positives for i in ids.tolist()), dtype=bool, count=len(ids))
         neg = np.flatnonzero(~is_pos)
@@ -224,11 +231,15 @@ def build_ranking_set(
             cols["candidate_source"].append(sources[j])
             cols["label"].append(float(is_pos[j]))
             cols["weight"].append(1.0 if is_pos[j] else neg_weight)
+            for key, values in extra.items():
+                column = per_source.get(key)
+                values.append(float("nan") if column is None else float(column[j]))
     if not cols["request"]:
         raise ModelFitError("retrieval proposed no candidates for any request")
     examples = pa.table({
         **{k: v for k, v in cols.items() if k != "timestamp"},
         "timestamp": pa.array(cols["timestamp"], type=TIMESTAMP_TYPE),
+        **{key: pa.array(values, type=pa.float64()) for key, values in extra.items()},
     })
     frame = compute_offline(fs, examples, events, items, users)
     return RankingSet(

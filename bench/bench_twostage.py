@@ -1,0 +1,232 @@
+"""Two-stage (retrieve → rank) against retrieval alone and the peers, on the shared real logs.
+
+Same data sets and splits as ``bench_quality`` (its helpers are imported). Protocol:
+
+1. Choices are made on the **validation cut** (``split.validation()``, carved from the training
+   side): the number of candidates N and the ranker (neural or LightGBM) maximise the mean of
+   NDCG@10 over the ``all`` and ``new`` views. The label window is the test window of the case
+   (the horizon the probabilities are evaluated on), not tuned.
+2. The chosen configuration, shelf-blend and the peers are evaluated once on the **test cut**.
+3. Calibration on the test cut is reported twice: the runner's (over the whole catalogue of every
+   test user with a relevant event; non-candidates carry the outside rate) and over the
+   candidates only (the harder number: every one of the N candidates of those users).
+4. Latency: ranking 500 candidates of one request (features already computed: encoder, forward
+   pass, calibration) and the whole request (retrieval + online features + ranking), on one
+   thread, median and p99 over many requests. Training throughput: ranking-set rows per second
+   of ranker fitting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.bench_quality import CASES, PEERS, _lake_with
+from bench.common import SHARED_DATA, write_section
+
+GRID_N = (100, 300)
+
+
+CUTS = {"n_cuts": 3, "spacing_fraction": 1.0}  # request moments replayed in training (set from the command line)
+
+
+def _factory(n: int, ranker: str, window_s: int, seed: int = 0, keep: list[Any] | None = None) -> Any:
+    def make() -> Any:
+        from shelf.models.ranking import (
+            LightGBMRanker,
+            LightGBMRankerConfig,
+            NeuralRanker,
+            NeuralRankerConfig,
+        )
+        from shelf.models.retrieval import default_blend
+        from shelf.models.twostage import TwoStage, TwoStageConfig
+
+        rk = NeuralRanker(NeuralRankerConfig(seed=seed)) if ranker == "neural" else LightGBMRanker(LightGBMRankerConfig(seed=seed))
+        model = TwoStage(default_blend(seed=seed), rk, config=TwoStageConfig(
+            n_candidates=n, label_window_s=window_s, seed=seed, n_cuts=int(CUTS["n_cuts"]),
+            cut_spacing_s=max(1, int(window_s * CUTS["spacing_fraction"])),
+        ))
+        if keep is not None:
+            keep.append(model)
+        return model
+
+    return make
+
+
+def _score(result: Any, name: str) -> float:
+    return float(np.mean([result.value(name, "ndcg", 10, v) for v in result.views]))
+
+
+def _candidate_calibration(model: Any, split: Any) -> tuple[float, float, int]:
+    """ECE and log loss over every candidate of the test users with a relevant event."""
+    from shelf.evaluation import ANY_ENGAGEMENT
+    from shelf.models.base import Query
+    from shelf.models.ranking import expected_calibration_error, log_loss
+
+    relevance, _ = ANY_ENGAGEMENT.matrix(split.test_events, split.train.users, split.train.items)
+    ps, ys = [], []
+    for u in split.test_users.tolist():
+        row = relevance[u]
+        if row.nnz == 0:
+            continue
+        found, p, _ = model.rank(Query(str(split.train.users.ids[u])))
+        relevant = set(split.train.items.ids[row.indices].tolist())
+        ps.append(p)
+        ys.append(np.fromiter((i in relevant for i in found.items.tolist()), dtype=np.float64, count=len(p)))
+    p_all, y_all = np.concatenate(ps), np.concatenate(ys)
+    return expected_calibration_error(y_all, p_all), log_loss(y_all, p_all), len(ps)
+
+
+def _latency(model: Any, split: Any, n_requests: int) -> dict[str, float]:
+    import torch
+
+    from shelf.models.base import Query
+
+    torch.set_num_threads(1)
+    users = split.train.users.ids[split.test_users][:n_requests].tolist()
+    users = (users * (n_requests // max(len(users), 1) + 1))[:n_requests]
+    frames, full = [], []
+    for u in users:
+        started = time.perf_counter()
+        found, _, _ = model.rank(Query(str(u)), 500)
+        full.append(time.perf_counter() - started)
+        frames.append(model.online_.frame(Query(str(u), context=_ctx(model)), found))
+    rank_only = []
+    for frame in frames:
+        started = time.perf_counter()
+        model.ranker_.predict_with_logits(frame)
+        rank_only.append(time.perf_counter() - started)
+    return {
+        "candidates": float(np.median([len(f) for f in frames])),
+        "rank_ms_median": 1e3 * float(np.median(rank_only)),
+        "rank_ms_p99": 1e3 * float(np.quantile(rank_only, 0.99)),
+        "request_ms_median": 1e3 * float(np.median(full)),
+        "request_ms_p99": 1e3 * float(np.quantile(full, 0.99)),
+    }
+
+
+def _ctx(model: Any) -> Any:
+    from shelf.models.base import Context
+    from shelf.models.twostage import _dt
+
+    return Context(timestamp=_dt(model.clock_us_))
+
+
+def run_case(case: Any, work: Path, requests: int, log: list[str]) -> str:
+    from shelf.evaluation import ANY_ENGAGEMENT, evaluate
+    from shelf.training.zoo import pick
+
+    home = work / case.name.split()[0].lower()
+    shutil.rmtree(home, ignore_errors=True)
+    lake = _lake_with(case.folders, home)
+    spec = case.split(lake)
+    built = spec.build(lake)
+    window_s = int(spec.test_window.total_seconds())
+    views = ("all", "new")
+
+    # 1. choices on the validation cut only
+    validation = built.validation()
+    grid = {f"N={n} {r}": _factory(n, r, window_s) for n in GRID_N for r in ("gbdt", "neural")}
+    grid["shelf-blend"] = pick(["shelf-blend"])["shelf-blend"]
+    started = time.perf_counter()
+    vres = evaluate(None, validation, grid, ks=(10,), target=ANY_ENGAGEMENT, views=views)
+    log.append(f"{case.name}: validation grid {time.perf_counter() - started:.0f} s")
+    choice = max((k for k in grid if k != "shelf-blend"), key=lambda k: _score(vres, k))
+    n_best, ranker_best = int(choice.split()[0][2:]), choice.split()[1]
+    vlines = ["| validation config | NDCG@10 all | NDCG@10 new |", "|---|---:|---:|"]
+    for name in grid:
+        vlines.append(f"| {name}{' ← chosen' if name == choice else ''} | {vres.value(name, 'ndcg', 10, 'all'):.4f} | {vres.value(name, 'ndcg', 10, 'new'):.4f} |")
+
+    # 2. the test cut, once
+    kept: list[Any] = []
+    name = f"shelf-twostage (N={n_best}, {ranker_best})"
+    models = {name: _factory(n_best, ranker_best, window_s, keep=kept), **pick(["shelf-blend", *PEERS], tune=True)}
+    started = time.perf_counter()
+    res = evaluate(None, built, models, ks=(10, 20), target=ANY_ENGAGEMENT, views=views)
+    log.append(f"{case.name}: test evaluation {time.perf_counter() - started:.0f} s")
+    model = kept[0]
+
+    lines = [f"### {case.name}", "", f"split: {res.split}; relevant: {res.target}; label window = test window = {spec.test_window}", ""]
+    lines += vlines + [""]
+    lines.append("| model | view | ndcg@10 | ndcg@20 | recall@10 | recall@20 | hitrate@10 | mrr@10 |")
+    lines.append("|---|---|---:|---:|---:|---:|---:|---:|")
+    for view in views:
+        for m in models:
+            vals = [res.value(m, met, k, view) for met, k in (("ndcg", 10), ("ndcg", 20), ("recall", 10), ("recall", 20), ("hitrate", 10), ("mrr", 10))]
+            lines.append(f"| {m} | {view} | " + " | ".join(f"{v:.4f}" for v in vals) + " |")
+    lines += ["", "| view | shelf-blend NDCG@10 | two-stage NDCG@10 | ratio (target ≥ 1.05×) | two-stage − blend, 95% CI |", "|---|---:|---:|---:|---|"]
+    for view in views:
+        b, t = res.value("shelf-blend", "ndcg", 10, view), res.value(name, "ndcg", 10, view)
+        ci = res.compare(name, "shelf-blend", "ndcg", 10, view)
+        ratio = t / b if b > 0 else float("inf")
+        lines.append(f"| {view} | {b:.4f} | {t:.4f} | {ratio:.3f}× {'met' if ratio >= 1.05 else 'NOT met'} | {ci.difference:+.4f} [{ci.low:+.4f}, {ci.high:+.4f}] |")
+    ece_c, ll_c, n_users = _candidate_calibration(model, built)
+    ece_r = res.value(name, "ece", 0)
+    lines += [
+        "",
+        f"Calibration on the test cut: runner (whole catalogue, {res.value(name, 'ece', 0) and ''}non-candidates at the outside rate "
+        f"{model.p_outside_:.2e}): ECE {ece_r:.4f} ({'met' if ece_r <= 0.02 else 'NOT met'} ≤ 0.02), log loss {res.value(name, 'log_loss', 0):.4f}, "
+        f"AUC {res.value(name, 'auc', 0):.4f}; candidates only ({n_users} users × N): ECE {ece_c:.4f} "
+        f"({'met' if ece_c <= 0.02 else 'NOT met'} ≤ 0.02), log loss {ll_c:.4f}.",
+    ]
+    lat = _latency(model, built, requests)
+    stats = model.fit_stats_
+    per_s = getattr(model.ranker_, "train_examples_per_s_", None)
+    lines += [
+        "",
+        f"Latency over {requests} requests, one thread, {lat['candidates']:.0f} candidates each: ranking (encode + "
+        f"{ranker_best} + calibration) median {lat['rank_ms_median']:.2f} ms, p99 {lat['rank_ms_p99']:.2f} ms "
+        f"({'met' if lat['rank_ms_median'] <= 5 else 'NOT met'} ≤ 5 ms); whole request (retrieval + online features + ranking) "
+        f"median {lat['request_ms_median']:.1f} ms, p99 {lat['request_ms_p99']:.1f} ms.",
+        f"Training: {stats['requests']} requests at {len(stats['cuts'])} cuts, {stats['examples']:,} examples "
+        f"({stats['positive_share']:.1%} positive); candidates + features {stats['candidates_and_features_s']:.1f} s; "
+        f"ranker fit {stats['ranker_fit_s']:.1f} s = {stats['ranker_examples_per_s']:,.0f} examples/s"
+        + (f" (neural: {per_s:,.0f} examples/s through the optimiser, all epochs)" if per_s else "")
+        + f"; full two-stage fit {res.runs[name].fit_s:.1f} s (shelf-blend alone {res.runs['shelf-blend'].fit_s:.1f} s).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="bench twostage")
+    parser.add_argument("--cases", default="rees46,movielens")
+    parser.add_argument("--requests", type=int, default=300)
+    parser.add_argument("--n-cuts", type=int, default=3, help="request moments replayed in the training window")
+    parser.add_argument("--spacing", type=float, default=1.0, help="spacing of request moments, as a fraction of the label window")
+    parser.add_argument("--section", default="twostage", help="BENCHMARKS.md section name (one per concurrent run)")
+    args, _ = parser.parse_known_args(argv)
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    if not SHARED_DATA.is_dir():
+        raise SystemExit(f"shared data not found at {SHARED_DATA}; the two-stage benchmark needs it")
+    CUTS.update(n_cuts=args.n_cuts, spacing_fraction=args.spacing)
+    wanted = args.cases.split(",")
+    cases = [c for c in CASES if c.kind == "user" and any(w in c.name.lower() for w in wanted)]
+    work = Path(tempfile.mkdtemp(prefix="shelf-twostage-"))
+    log: list[str] = []
+    try:
+        sections = [run_case(case, work, args.requests, log) for case in cases]
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    body = (
+        "Two-stage = default blend (retrieval) → online features (user, item, user × item, context, session, fused and "
+        "per-source retrieval scores and ranks) → calibrated engagement probability. N and the ranker are chosen on the "
+        "validation cut (carved from the training side); the test cut is used once. Full-catalogue metrics, same "
+        "splits as the quality benchmark. "
+        f"Request moments: {args.n_cuts} cuts spaced {args.spacing:g} × the label window.\n\n" + "\n".join(sections) + "\nWall times: " + "; ".join(log) + "\n"
+    )
+    write_section(args.section, "Two-stage ranking vs retrieval alone (real logs)", body, f"python -m bench twostage {' '.join(argv)}".strip())
+
+
+if __name__ == "__main__":
+    import sys
+
+    main(sys.argv[1:])

@@ -1,0 +1,622 @@
+"""The two-stage recommender: retrieve candidates, then rank them by calibrated engagement probability.
+
+``TwoStage(retriever, ranker, feature_set, config)``:
+
+* **serving** (``retrieve``): the retriever (default: ``default_blend()``) proposes
+  ``n_candidates`` items with every source's score; ``OnlineFeatures`` computes the features of
+  each candidate (user, item, user × item, context, session, and what each retrieval source said:
+  fused score, rank, per-source score and rank); the ranker turns them into a calibrated
+  probability that the shopper engages with the item within ``label_window_s``; items are
+  returned by that probability (ties inside an isotonic step broken by the raw logit).
+* **training** (``fit``): the same protocol as a temporal evaluation, replayed inside the
+  training window. At each of ``n_cuts`` request moments ``c_k = end - k * spacing`` the
+  retriever is fitted on the events before ``c_k`` only; every shopper with history before
+  ``c_k`` who comes back in ``[c_k, c_k + label_window)`` is a request; the retriever's actual
+  candidates for them are the examples (positives: engaged in the window; negatives: sampled
+  from the rest of the candidates, weighted by the inverse sampling rate); features are
+  point-in-time at ``c_k``. The ranker trains on the earlier cuts and early-stops and calibrates
+  on the last one (a temporal validation cut). The retriever is then refitted on the full window
+  and the online feature state is loaded with it.
+
+Requests are shoppers who come back in the window (the moment a recommendation is asked for):
+probabilities are conditional on a visit, as are the evaluation runner's calibration metrics
+(computed over test users with at least one relevant event).
+
+``score_users`` gives the dense matrix the evaluation runner needs: candidates carry their
+probability (plus at most 2e-6 so that candidates keep the ranker's order and stay above
+everything else); items outside the candidates carry the *outside rate* ``p_outside_`` (the
+engagement rate of non-candidates measured on the last cut), not ``-inf``: the runner's
+calibration metrics need probabilities in [0, 1] over the whole catalogue, and a non-candidate is
+not impossible, only unlikely.
+
+Fallbacks (documented once): a NaN or infinite feature value is replaced by its training median
+(``FeatureEncoder``); an unseen category (or ``None``) goes to the out-of-vocabulary bucket; a
+NaN or infinite logit is clipped to ±40 before calibration, so probabilities are always finite
+and in [0, 1]. An unknown shopper goes through the retriever's cold-start chain (session items,
+then segment popularity) and is ranked with "no history" user features.
+
+Saved as a folder, without pickle::
+
+    manifest.json     kind "twostage", config, feature set + version, outside rate, clocks
+    arrays.npz        training user and item ids (what ``score_users`` indexes)
+    retriever/        the retriever's own format
+    ranker/           the ranker's own format (ranker.json + weights)
+    state/*.parquet   events, catalogue and profiles the online features were loaded with
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Self
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from shelf.features import (
+    DAY,
+    FeatureSet,
+    OnlineFeatures,
+    default_feature_set,
+    source_score_features,
+)
+from shelf.models.base import IdIndex, Interactions, Query, Scored
+from shelf.models.io import (
+    ModelError,
+    ModelFitError,
+    ModelFormatError,
+    NotFittedError,
+    config_from_dict,
+    config_to_dict,
+    load_bundle,
+    save_bundle,
+)
+from shelf.models.ranking import (
+    LabelConfig,
+    LightGBMRanker,
+    NeuralRanker,
+    RankerBase,
+    RankingSet,
+    build_ranking_set,
+)
+from shelf.models.ranking.data import ENGAGEMENT_TYPES
+from shelf.schema import EVENT_SCHEMA, ITEM_SCHEMA, TIMESTAMP_TYPE, USER_SCHEMA
+
+KIND = "twostage"
+RANKERS: dict[str, type[RankerBase]] = {cls.name: cls for cls in (NeuralRanker, LightGBMRanker)}
+# Bonus added to candidate probabilities in ``score_users`` so that candidates keep the ranker's
+# order and rank above every non-candidate: far below any calibration bin width.
+_ORDER_EPS = 1e-6
+
+
+@dataclass(frozen=True)
+class TwoStageConfig:
+    """Parameters of ``TwoStage``.
+
+    Attributes:
+        n_candidates: candidates retrieved per request, then ranked (100–500 is typical).
+        label_window_s: a candidate is positive when the shopper engages with it this many
+            seconds after the request; match it to the horizon the probability is used for.
+        n_cuts: request moments replayed in the training window (at least 2: the last one is
+            the ranker's validation cut for early stopping and calibration).
+        cut_spacing_s: seconds between request moments (None: ``label_window_s``).
+        negatives_per_positive / min_negatives: negatives sampled per request from the
+            candidates retrieval actually returned (weighted by the inverse sampling rate).
+        max_requests_per_cut: cap on requests per cut (a random sample of the returning shoppers).
+        source_features: add each retrieval source's score and rank to the default features.
+        save_events: keep the online feature state (events, catalogue, profiles) in the saved
+            folder, so a loaded model answers exactly as the saved one; without it, feed events
+            with ``update`` after loading.
+    """
+
+    n_candidates: int = 200
+    label_window_s: int = DAY
+    n_cuts: int = 3
+    cut_spacing_s: int | None = None
+    negatives_per_positive: int = 10
+    min_negatives: int = 10
+    max_requests_per_cut: int = 5000
+    source_features: bool = True
+    save_events: bool = True
+    seed: int = 0
+
+    def validate(self) -> None:
+        if not isinstance(self.n_candidates, int) or self.n_candidates < 1:
+            raise ModelError(f"n_candidates must be a positive integer, got {self.n_candidates!r}")
+        if self.label_window_s <= 0 or (self.cut_spacing_s is not None and self.cut_spacing_s <= 0):
+            raise ModelError("label_window_s and cut_spacing_s must be positive numbers of seconds")
+        if self.n_cuts < 2:
+            raise ModelError(f"n_cuts must be at least 2 (the last cut validates the ranker), got {self.n_cuts}")
+        if self.negatives_per_positive < 1 or self.min_negatives < 1 or self.max_requests_per_cut < 1:
+            raise ModelError("negatives_per_positive, min_negatives and max_requests_per_cut must be >= 1")
+
+
+@dataclass(frozen=True)
+class RankCandidates:
+    """Candidates as the ranking stage reads them: a ``Scored`` plus per-source values.
+
+    ``source_features`` maps ``source_score_<name>`` / ``source_rank_<name>`` to arrays aligned
+    with ``items`` (what ``SourceScore`` features read).
+    """
+
+    items: np.ndarray
+    scores: np.ndarray
+    sources: np.ndarray | None
+    source_features: dict[str, np.ndarray]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+def _source_ranks(scores: np.ndarray) -> np.ndarray:
+    """Rank of each candidate by one source's score (0 = best; unscored share the last rank)."""
+    n = len(scores)
+    scored = np.isfinite(scores)
+    ranks = np.full(n, float(n))
+    idx = np.flatnonzero(scored)
+    order = idx[np.lexsort((idx, -scores[idx]))]
+    ranks[order] = np.arange(len(order), dtype=np.float64)
+    return ranks
+
+
+def candidates_of(retriever: Any, query: Query, n: int) -> RankCandidates:
+    """The retriever's top ``n`` with per-source scores and ranks when it exposes them (a blend)."""
+    if hasattr(retriever, "candidates"):
+        found = retriever.candidates(query, n)
+        scored, per_source = found.scored, found.source_scores
+    else:
+        scored, per_source = retriever.retrieve(query, n), {}
+    extra: dict[str, np.ndarray] = {}
+    for name, values in per_source.items():
+        v = np.asarray(values, dtype=np.float64)
+        extra[f"source_score_{name}"] = np.where(np.isfinite(v), v, np.nan)
+        extra[f"source_rank_{name}"] = _source_ranks(v)
+    sources = None if scored.sources is None else np.asarray(scored.sources, dtype=object)
+    return RankCandidates(np.asarray(scored.items, dtype=object), np.asarray(scored.scores, dtype=np.float32), sources, extra)
+
+
+# ---------------------------------------------------------------------------------------------
+# Interactions → tables
+
+
+def events_table(data: Interactions) -> pa.Table:
+    """The events of ``data`` as an EVENT_SCHEMA table (what the feature engines read).
+
+    ``Interactions`` keeps no event price, device or region: the price is the catalogue's (as of
+    the snapshot), device and region are null.
+    """
+    n = len(data)
+
+    def ids(index: IdIndex, codes: np.ndarray) -> pa.Array:
+        raw = np.asarray(index.ids, dtype=object)
+        values = np.where(codes >= 0, raw[np.maximum(codes, 0)] if len(raw) else None, None)
+        return pa.array(values.tolist(), type=pa.string())
+
+    price = pa.nulls(n, pa.float64())
+    if data.item_table is not None and data.item_table.num_rows and n:
+        table = data.item_table.sort_by([("item_id", "ascending"), ("valid_from", "ascending")])
+        latest: dict[str, float | None] = dict(zip(table["item_id"].to_pylist(), table["price"].to_pylist(), strict=True))
+        per_item = np.array([latest.get(i) for i in np.asarray(data.items.ids, dtype=object).tolist()], dtype=object)
+        price = pa.array(per_item[data.item].tolist(), type=pa.float64())
+    value = np.asarray(data.value, dtype=np.float64)
+    types = np.asarray(data.event_types, dtype=object)
+    columns = {
+        "event_id": pa.array([f"e{i}" for i in range(n)], type=pa.string()),
+        "user_id": ids(data.users, data.user),
+        "session_id": ids(data.sessions, data.session),
+        "item_id": ids(data.items, data.item),
+        "type": pa.array(types[data.kind.astype(np.int64)].tolist() if n else [], type=pa.string()),
+        "timestamp": pa.array(data.timestamp, type=pa.int64()).cast(TIMESTAMP_TYPE),
+        "value": pa.array(value, mask=np.isnan(value), type=pa.float64()),
+        "price": price,
+    }
+    for name in ("device", "region", "page", "referrer"):
+        columns[name] = pa.nulls(n, pa.string())
+    return pa.table(columns).select(EVENT_SCHEMA.names).cast(EVENT_SCHEMA)
+
+
+def _before(table: pa.Table | None, column: str, cut: datetime) -> pa.Table | None:
+    if table is None or table.num_rows == 0:
+        return table
+    return table.filter(pc.less(table[column], pa.scalar(cut, TIMESTAMP_TYPE)))
+
+
+def _dt(us: int) -> datetime:
+    return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=int(us))
+
+
+def _us(t: datetime) -> int:
+    d = t - datetime(1970, 1, 1, tzinfo=UTC)
+    return (d.days * 86_400 + d.seconds) * 1_000_000 + d.microseconds
+
+
+def _validation_share(timestamps: np.ndarray) -> float:
+    """A ``validation_fraction`` whose time split puts exactly the last request moment in ``later``."""
+    moments, counts = np.unique(timestamps, return_counts=True)
+    if len(moments) < 2:
+        raise ModelFitError("two-stage: the ranking set holds one request moment; need at least two cuts")
+    share = counts / counts.sum()
+    return float(share[-1] + 0.5 * share[-2])
+
+
+def _fit_ranker(template: RankerBase, data: RankingSet) -> RankerBase:
+    """A fresh ranker of the template's kind, validated on the last request moment of ``data``."""
+    config = dataclasses.replace(template.config, validation_fraction=_validation_share(data.timestamp_us))
+    return type(template)(config).fit(data)
+
+
+# ---------------------------------------------------------------------------------------------
+# The model
+
+
+class TwoStage:
+    """Retrieve → features → calibrated engagement probability → ranked list; see the module docstring."""
+
+    name = KIND
+    outputs_probabilities = True
+
+    def __init__(
+        self,
+        retriever: Any = None,
+        ranker: RankerBase | None = None,
+        feature_set: FeatureSet | None = None,
+        config: TwoStageConfig | None = None,
+    ) -> None:
+        config = TwoStageConfig() if config is None else config
+        if not isinstance(config, TwoStageConfig):
+            raise ModelError(f"TwoStage takes a TwoStageConfig, got {type(config).__name__}")
+        config.validate()
+        if retriever is None:
+            from shelf.models.retrieval import default_blend
+
+            retriever = default_blend(seed=config.seed)
+        if not (hasattr(retriever, "fit") and hasattr(retriever, "retrieve")):
+            raise ModelError(f"{retriever!r} is not a retriever (needs fit and retrieve)")
+        ranker = NeuralRanker() if ranker is None else ranker
+        if not isinstance(ranker, RankerBase):
+            raise ModelError(f"{ranker!r} is not a shelf ranker (NeuralRanker or LightGBMRanker)")
+        if feature_set is None:
+            feature_set = default_feature_set()
+            sources = list(getattr(retriever, "sources", {}) or {})
+            if config.source_features and sources:
+                feature_set = FeatureSet([*feature_set.features, *source_score_features(sources)])
+        self.retriever = retriever
+        self.ranker = ranker
+        self.feature_set = feature_set
+        self.config = config
+
+    def __repr__(self) -> str:
+        return f"TwoStage({type(self.retriever).__name__}, {self.ranker.name}, {len(self.feature_set)} features, {self.config!r})"
+
+    # -- state ----------------------------------------------------------------------------------
+
+    @property
+    def is_fitted(self) -> bool:
+        return hasattr(self, "ranker_")
+
+    def _check_fitted(self) -> None:
+        if not self.is_fitted:
+            raise NotFittedError("TwoStage is not fitted; call fit(data) or load(path) first")
+
+    @property
+    def feature_set_version(self) -> str:
+        """The version of the feature set the ranker was trained on (for the bundle card)."""
+        return (self.ranker_.feature_set_ if self.is_fitted else self.feature_set).version
+
+    # -- training -------------------------------------------------------------------------------
+
+    def _cuts(self, data: Interactions) -> list[int]:
+        c = self.config
+        end = _us(data.as_of) if data.as_of is not None else int(data.timestamp.max()) + 1
+        spacing = (c.cut_spacing_s or c.label_window_s) * 1_000_000
+        first = int(data.timestamp.min()) if len(data) else end
+        return [end - k * spacing for k in range(c.n_cuts, 0, -1) if end - k * spacing > first]
+
+    def _requests_at(self, data: Interactions, cut: int, rng: np.random.Generator) -> np.ndarray:
+        """Indices of shoppers with history before ``cut`` who engage in ``[cut, cut + window)``."""
+        window = self.config.label_window_s * 1_000_000
+        engaged_kinds = [i for i, t in enumerate(data.event_types) if t in ENGAGEMENT_TYPES]
+        ts, user = data.timestamp, data.user
+        before = np.unique(user[(ts < cut) & (user >= 0)])
+        after = (ts >= cut) & (ts < cut + window) & (user >= 0) & np.isin(data.kind, engaged_kinds)
+        users = np.intersect1d(before, np.unique(user[after]))
+        if len(users) > self.config.max_requests_per_cut:
+            users = np.sort(rng.choice(users, self.config.max_requests_per_cut, replace=False))
+        return users
+
+    def fit(self, data: Interactions) -> Self:
+        """Learn on ``data`` (see the module docstring); refits the retriever on all of it last."""
+        c = self.config
+        if len(data) == 0:
+            raise ModelFitError("TwoStage: no events to learn from")
+        rng = np.random.default_rng(c.seed)
+        events = events_table(data)
+        started = time.perf_counter()
+        candidates: dict[tuple[str, int], RankCandidates] = {}
+        request_rows: list[tuple[str, int]] = []
+        outside_hits = outside_slots = 0.0
+        cuts_used: list[int] = []
+        for cut in self._cuts(data):
+            users = self._requests_at(data, cut, rng)
+            if not len(users):
+                continue
+            when = _dt(cut)
+            past = events.filter(pc.less(events["timestamp"], pa.scalar(when, TIMESTAMP_TYPE)))
+            sub = Interactions.from_events(
+                past, as_of=when,
+                item_table=_before(data.item_table, "valid_from", when),
+                user_table=_before(data.user_table, "valid_from", when),
+            )
+            try:
+                self.retriever.fit(sub)
+            except ModelFitError:
+                continue  # too little history before this cut; later cuts may still work
+            window_end = cut + c.label_window_s * 1_000_000
+            hits = self._engaged(data, cut, window_end)
+            hits_out = slots = 0.0
+            for u in users.tolist():
+                uid = str(data.users.ids[u])
+                found = candidates_of(self.retriever, Query(uid, context=_context(when)), c.n_candidates)
+                candidates[(uid, cut - 1)] = found
+                request_rows.append((uid, cut - 1))
+                got = set(found.items.tolist())
+                hits_out += sum(1 for i in hits.get(uid, ()) if i not in got)
+                slots += max(sub.n_items - len(found), 0)
+            outside_hits, outside_slots = hits_out, slots  # the last cut's rate is kept
+            cuts_used.append(cut)
+        if len(cuts_used) < 2:
+            raise ModelFitError(
+                f"TwoStage: only {len(cuts_used)} request moment(s) with returning shoppers in the training window; "
+                f"need 2 (lower label_window_s / cut_spacing_s or train on a longer window)"
+            )
+
+        def generator(user_id: str | None, t: datetime, n: int) -> Scored:
+            return candidates[(str(user_id), _us(t))]  # type: ignore[return-value]
+
+        requests = pa.table({
+            "user_id": pa.array([u for u, _ in request_rows], type=pa.string()),
+            "timestamp": pa.array([t for _, t in request_rows], type=pa.int64()).cast(TIMESTAMP_TYPE),
+            "session_id": pa.nulls(len(request_rows), pa.string()),
+            "device": pa.nulls(len(request_rows), pa.string()),
+            "region": pa.nulls(len(request_rows), pa.string()),
+        })
+        labels = LabelConfig(
+            n_candidates=c.n_candidates, label_window_s=c.label_window_s,
+            negatives_per_positive=c.negatives_per_positive, min_negatives=c.min_negatives, seed=c.seed,
+        )
+        ranking = build_ranking_set(
+            events, generator, items=data.item_table, users=data.user_table, requests=requests,
+            feature_set=self.feature_set, labels=labels,
+        )
+        built = time.perf_counter()
+        ranker = _fit_ranker(self.ranker, ranking)
+        ranked = time.perf_counter()
+        self.retriever.fit(data)
+        self.ranker_ = ranker
+        self.ranking_set_ = ranking
+        self.p_outside_ = float(outside_hits / outside_slots) if outside_slots > 0 else 0.0
+        self.user_ids_ = np.asarray(data.users.ids, dtype=object).copy()
+        self.item_ids_ = np.asarray(data.items.ids, dtype=object).copy()
+        self.as_of_us_ = _us(data.as_of) if data.as_of is not None else int(data.timestamp.max()) + 1
+        self._load_state(events, data.item_table, data.user_table)
+        self.fitted_on_ = data
+        self.fit_stats_ = {
+            "cuts": [_dt(t).isoformat() for t in cuts_used],
+            "requests": len(request_rows),
+            "examples": len(ranking),
+            "positive_share": float(ranking.labels.mean()),
+            "candidates_and_features_s": round(built - started, 3),
+            "ranker_fit_s": round(ranked - built, 3),
+            "ranker_examples_per_s": round(len(ranking) / max(ranked - built, 1e-9), 1),
+        }
+        return self
+
+    @staticmethod
+    def _engaged(data: Interactions, start: int, stop: int) -> dict[str, set[str]]:
+        kinds = [i for i, t in enumerate(data.event_types) if t in ENGAGEMENT_TYPES]
+        rows = np.flatnonzero((data.timestamp >= start) & (data.timestamp < stop) & (data.user >= 0) & np.isin(data.kind, kinds))
+        out: dict[str, set[str]] = {}
+        for u, i in zip(data.user[rows].tolist(), data.item[rows].tolist(), strict=True):
+            out.setdefault(str(data.users.ids[u]), set()).add(str(data.items.ids[i]))
+        return out
+
+    def _load_state(self, events: pa.Table, items: pa.Table | None, users: pa.Table | None) -> None:
+        online = OnlineFeatures(self.ranker_.feature_set_)
+        self.items_table_ = ITEM_SCHEMA.empty_table() if items is None else items.select(ITEM_SCHEMA.names).cast(ITEM_SCHEMA)
+        self.users_table_ = USER_SCHEMA.empty_table() if users is None else users.select(USER_SCHEMA.names).cast(USER_SCHEMA)
+        if self.items_table_.num_rows:
+            online.update_items(self.items_table_)
+        if self.users_table_.num_rows:
+            online.update_users(self.users_table_)
+        online.update(events)
+        self.online_ = online
+        self.events_ = events
+        self.clock_us_ = max(self.as_of_us_, _latest_us(events) + 1)
+        self._items_index = IdIndex(self.item_ids_)
+
+    def update(self, events: pa.Table) -> None:
+        """Feed fresh events (EVENT_SCHEMA) to the online features; the clock moves past them."""
+        self._check_fitted()
+        if events.num_rows == 0:
+            return
+        events = events.select(EVENT_SCHEMA.names).cast(EVENT_SCHEMA)
+        self.online_.update(events)
+        self.events_ = pa.concat_tables([self.events_, events])
+        self.clock_us_ = max(self.clock_us_, _latest_us(events) + 1)
+
+    # -- scoring --------------------------------------------------------------------------------
+
+    def rank(self, query: Query, n: int | None = None) -> tuple[RankCandidates, np.ndarray, np.ndarray]:
+        """``(candidates, probabilities, order)``: ``order`` lists candidate positions, best first."""
+        self._check_fitted()
+        size = max(self.config.n_candidates, n or 0)
+        if query.context.timestamp is None:
+            query = dataclasses.replace(query, context=dataclasses.replace(query.context, timestamp=_dt(self.clock_us_)))
+        found = candidates_of(self.retriever, query, size)
+        if not len(found):
+            return found, np.empty(0), np.empty(0, dtype=np.int64)
+        p, logits = self.ranker_.predict_with_logits(self.online_.frame(query, found))
+        order = np.lexsort((np.arange(len(p)), -logits, -p))
+        return found, p, order
+
+    def retrieve(self, query: Query, n: int) -> Scored:
+        """The ``n`` most likely engagements among the retrieved candidates (fewer only if the catalogue is smaller)."""
+        if n < 0:
+            raise ModelError(f"n must be >= 0, got {n}")
+        found, p, order = self.rank(query, n)
+        top = order[:n]
+        sources = None if found.sources is None else found.sources[top]
+        return Scored(found.items[top], p[top].astype(np.float32), sources)
+
+    def score_users(self, users: np.ndarray) -> np.ndarray:
+        """Dense ``len(users) × n_items`` probabilities over the training item index.
+
+        Candidates: their calibrated probability (plus < 2e-6 to keep the ranker's order above the
+        rest); every other item: ``p_outside_``, the measured engagement rate of non-candidates.
+        """
+        self._check_fitted()
+        users = np.asarray(users, dtype=np.int64)
+        out = np.full((len(users), len(self.item_ids_)), self.p_outside_, dtype=np.float64)
+        when = _context(_dt(self.clock_us_))
+        for row, u in enumerate(users.tolist()):
+            found, p, order = self.rank(Query(str(self.user_ids_[u]), context=when))
+            if not len(order):
+                continue
+            cols = self._items_index.lookup(found.items[order])
+            ok = cols >= 0
+            bonus = _ORDER_EPS * (1.0 + (len(order) - np.arange(len(order))) / len(order))
+            values = np.maximum(p[order], self.p_outside_) + bonus
+            out[row, cols[ok]] = np.minimum(values[ok], 1.0)
+        return out.astype(np.float32)
+
+    # -- ablation -------------------------------------------------------------------------------
+
+    def without(self, groups: Sequence[str]) -> TwoStage:
+        """This fitted model with its ranker retrained without the feature ``groups``.
+
+        The retriever, candidates, ranking set and online state are shared (not refitted), so the
+        difference to the full model is the feature groups alone.
+        """
+        self._check_fitted()
+        sub = self.ranker_.feature_set_.without(groups)
+        if len(sub) == len(self.ranker_.feature_set_):
+            raise ModelError(f"feature group(s) {list(groups)} are not in the feature set (groups: {self.ranker_.feature_set_.groups})")
+        twin = copy.copy(self)
+        twin.ranker_ = _fit_ranker(self.ranker, self.ranking_set_.with_features(sub))
+        return twin
+
+    # -- persistence ----------------------------------------------------------------------------
+
+    def save(self, path: Path | str) -> Path:
+        self._check_fitted()
+        folder = Path(path)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.retriever.save(folder / "retriever")
+        self.ranker_.save(folder / "ranker")
+        state = folder / "state"
+        state.mkdir(exist_ok=True)
+        if self.config.save_events:
+            pq.write_table(self.events_, state / "events.parquet")
+        pq.write_table(self.items_table_, state / "items.parquet")
+        pq.write_table(self.users_table_, state / "users.parquet")
+        return save_bundle(
+            folder,
+            kind=KIND,
+            config=config_to_dict(self.config),
+            arrays={"user_ids": self.user_ids_, "item_ids": self.item_ids_},
+            meta={
+                "retriever_kind": getattr(self.retriever, "name", type(self.retriever).__name__),
+                "ranker_kind": self.ranker_.name,
+                "feature_set": json.loads(self.ranker_.feature_set_.to_json()),
+                "feature_set_version": self.feature_set_version,
+                "template_feature_set": json.loads(self.feature_set.to_json()),
+                "p_outside": self.p_outside_,
+                "as_of_us": self.as_of_us_,
+                "clock_us": self.clock_us_,
+                "fit_stats": getattr(self, "fit_stats_", {}),
+            },
+        )
+
+    @classmethod
+    def load(cls, path: Path | str) -> TwoStage:
+        from shelf.models.retrieval import load_retriever
+
+        folder = Path(path)
+        bundle = load_bundle(folder, kind=KIND)
+        ranker_cls = RANKERS.get(str(bundle.meta.get("ranker_kind")))
+        if ranker_cls is None:
+            raise ModelFormatError(f"{folder}: unknown ranker kind {bundle.meta.get('ranker_kind')!r}; known: {sorted(RANKERS)}")
+        ranker = ranker_cls.load(folder / "ranker")
+        retriever = load_retriever(folder / "retriever")
+        template = FeatureSet.from_json(json.dumps(bundle.meta["template_feature_set"]))
+        model = cls(retriever, ranker_cls(ranker.config), template, config_from_dict(TwoStageConfig, bundle.config))
+        if ranker.feature_set_.version != bundle.meta.get("feature_set_version"):
+            raise ModelFormatError(f"{folder}: the ranker's feature set does not match the manifest's version")
+        model.ranker_ = ranker
+        model.p_outside_ = float(bundle.meta["p_outside"])
+        model.user_ids_ = bundle.arrays["user_ids"].astype(object)
+        model.item_ids_ = bundle.arrays["item_ids"].astype(object)
+        model.as_of_us_ = int(bundle.meta["as_of_us"])
+        model.fit_stats_ = dict(bundle.meta.get("fit_stats", {}))
+        state = folder / "state"
+        events_path = state / "events.parquet"
+        events = pq.read_table(events_path) if events_path.is_file() else EVENT_SCHEMA.empty_table()
+        model._load_state(events, pq.read_table(state / "items.parquet"), pq.read_table(state / "users.parquet"))
+        model.clock_us_ = int(bundle.meta["clock_us"])
+        return model
+
+
+def _latest_us(events: pa.Table) -> int:
+    if events.num_rows == 0:
+        return -1
+    return int(np.asarray(pc.cast(events["timestamp"], pa.int64()).to_numpy(zero_copy_only=False)).max())
+
+
+def _context(when: datetime) -> Any:
+    from shelf.models.base import Context
+
+    return Context(timestamp=when)
+
+
+def ablation_models(make: Callable[[], TwoStage], groups: Sequence[str], name: str = "shelf-twostage") -> dict[str, Callable[[], Any]]:
+    """Factories for an evaluation: ``name`` (the full model) and ``name without GROUP`` per group.
+
+    The full model is fitted once (when the runner fits it, or by the first variant); each
+    variant reuses its retriever and ranking set and retrains only the ranker, so paired
+    differences on the test users measure the feature groups alone.
+    """
+    base = make()
+    out: dict[str, Callable[[], Any]] = {name: lambda: base}
+    for group in groups:
+        out[f"{name} without {group}"] = lambda group=group: _Ablated(base, group)
+    return out
+
+
+class _Ablated:
+    """A runner-facing twin of a ``TwoStage`` without one feature group (see ``ablation_models``)."""
+
+    outputs_probabilities = True
+
+    def __init__(self, base: TwoStage, group: str) -> None:
+        self.base, self.group = base, group
+        self.name = f"{base.name} without {group}"
+
+    def fit(self, data: Interactions) -> Self:
+        if not self.base.is_fitted or self.base.fitted_on_ is not data:
+            self.base.fit(data)
+        self.model_ = self.base.without([self.group])
+        return self
+
+    def retrieve(self, query: Query, n: int) -> Scored:
+        return self.model_.retrieve(query, n)
+
+    def score_users(self, users: np.ndarray) -> np.ndarray:
+        return self.model_.score_users(users)

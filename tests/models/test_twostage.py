@@ -1,0 +1,194 @@
+"""The two-stage recommender: fit, serve, score for the runner, save/load, fallbacks, ablation."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from shelf.evaluation import TableSource, TemporalSplit, evaluate
+from shelf.evaluation.splits import UserSplit, end_of_data
+from shelf.features import FeatureSet, SourceScore
+from shelf.features.synthetic import synthetic_shop
+from shelf.models.base import Context, Query
+from shelf.models.io import ModelError, ModelFormatError, NotFittedError
+from shelf.models.ranking import (
+    LightGBMRanker,
+    LightGBMRankerConfig,
+    NeuralRanker,
+    NeuralRankerConfig,
+)
+from shelf.models.retrieval import (
+    BlendConfig,
+    BlendRetriever,
+    CoOccurrenceRetriever,
+    PopularityRetriever,
+    RepeatRetriever,
+)
+from shelf.models.twostage import TwoStage, TwoStageConfig, ablation_models
+
+WINDOW = 5 * 86_400
+
+
+def small_blend() -> BlendRetriever:
+    sources = {"repeat": RepeatRetriever(), "cooccurrence": CoOccurrenceRetriever(), "popularity": PopularityRetriever()}
+    return BlendRetriever(sources, BlendConfig(tune=False))
+
+
+def make(gbdt: bool = False) -> TwoStage:
+    ranker = (
+        LightGBMRanker(LightGBMRankerConfig(max_rounds=40, min_data_in_leaf=5))
+        if gbdt else NeuralRanker(NeuralRankerConfig(max_epochs=3, hidden=(16,)))
+    )
+    return TwoStage(small_blend(), ranker, config=TwoStageConfig(n_candidates=30, label_window_s=WINDOW, negatives_per_positive=5))
+
+
+@pytest.fixture(scope="module")
+def split() -> UserSplit:
+    events, items, users = synthetic_shop(n_users=60, n_items=80, n_sessions=600, days=40, seed=1)
+    source = TableSource(events, items, users)
+    return TemporalSplit(end_of_data(source) - timedelta(days=5), timedelta(days=5)).build(source)
+
+
+@pytest.fixture(scope="module")
+def fitted(split: UserSplit) -> TwoStage:
+    return make().fit(split.train)
+
+
+def test_fit_builds_ranking_set_from_cuts_and_adds_source_features(fitted: TwoStage) -> None:
+    stats = fitted.fit_stats_
+    assert len(stats["cuts"]) >= 2 and stats["examples"] > 0 and 0 < stats["positive_share"] < 1
+    names = {f.retriever for f in fitted.ranker_.feature_set_.of_type(SourceScore)}
+    assert names == {"repeat", "cooccurrence", "popularity"}
+    assert fitted.feature_set_version == fitted.ranker_.feature_set_.version
+    assert 0.0 <= fitted.p_outside_ < 0.5
+
+
+def test_retrieve_and_score_users_shapes_and_probabilities(fitted: TwoStage, split: UserSplit) -> None:
+    user = str(split.train.users.ids[split.test_users[0]])
+    got = fitted.retrieve(Query(user), 10)
+    assert len(got) == 10 and len(set(got.items.tolist())) == 10
+    assert np.all(np.diff(got.scores) <= 0) and got.scores.min() >= 0 and got.scores.max() <= 1
+    scores = fitted.score_users(split.test_users[:7])
+    assert scores.shape == (7, split.train.n_items) and scores.dtype == np.float32
+    assert np.isfinite(scores).all() and scores.min() >= 0 and scores.max() <= 1
+    # candidates sit above everything else, and the top of a row is what retrieve returns first
+    row = scores[0]
+    assert (row > fitted.p_outside_).sum() == min(fitted.config.n_candidates, split.train.n_items)
+    top = split.train.items.ids[np.argsort(-row, kind="stable")[:10]]
+    assert list(top) == list(got.items)
+
+
+def test_nan_and_inf_features_fall_back_to_finite_probabilities(fitted: TwoStage, split: UserSplit) -> None:
+    user = str(split.train.users.ids[split.test_users[0]])
+    query = Query(user, context=Context(timestamp=split.cut))
+    found, _, _ = fitted.rank(query)
+    frame = fitted.online_.frame(query, found)
+    frame.numeric[:, ::2] = np.nan
+    frame.numeric[:, 1::2] = np.inf
+    p = fitted.ranker_.predict_frame(frame)
+    assert np.isfinite(p).all() and p.min() >= 0 and p.max() <= 1
+
+
+def test_unseen_category_goes_to_oov(fitted: TwoStage, split: UserSplit) -> None:
+    user = str(split.train.users.ids[split.test_users[0]])
+    query = Query(user, context=Context(timestamp=split.cut))
+    found, _, _ = fitted.rank(query)
+    frame = fitted.online_.frame(query, found)
+    frame.categorical[:, frame.categorical_names.index("item_category")] = "never/seen/before"
+    codes = fitted.ranker_.encoder_.codes(frame)
+    assert (codes[:, fitted.ranker_.encoder_.categorical_names_.index("item_category")] == 0).all()
+    p = fitted.ranker_.predict_frame(frame)
+    assert np.isfinite(p).all()
+
+
+def test_unknown_user_takes_the_cold_start_path(fitted: TwoStage) -> None:
+    got = fitted.retrieve(Query("nobody-knows-me"), 12)
+    assert len(got) == 12 and np.isfinite(got.scores).all()
+    anonymous = fitted.retrieve(Query(None, session_items=("i1", "i2")), 5)
+    assert len(anonymous) == 5
+
+
+def test_save_load_round_trip_is_identical(fitted: TwoStage, split: UserSplit, tmp_path: Path) -> None:
+    fitted.save(tmp_path / "m")
+    loaded = TwoStage.load(tmp_path / "m")
+    users = split.test_users[:5]
+    np.testing.assert_array_equal(fitted.score_users(users), loaded.score_users(users))
+    user = str(split.train.users.ids[users[0]])
+    a, b = fitted.retrieve(Query(user), 10), loaded.retrieve(Query(user), 10)
+    assert list(a.items) == list(b.items)
+    np.testing.assert_array_equal(a.scores, b.scores)
+    assert loaded.feature_set_version == fitted.feature_set_version
+    assert not list((tmp_path / "m").rglob("*.pkl"))
+    (tmp_path / "m" / "manifest.json").unlink()
+    with pytest.raises(ModelFormatError):
+        TwoStage.load(tmp_path / "m")
+
+
+def test_unfitted_and_bad_config_fail_loudly() -> None:
+    with pytest.raises(NotFittedError):
+        make().retrieve(Query("u"), 3)
+    with pytest.raises(ModelError):
+        TwoStageConfig(n_cuts=1).validate()
+    with pytest.raises(ModelError):
+        TwoStage(small_blend(), config=TwoStageConfig(n_candidates=0))
+
+
+def test_runner_evaluates_it_with_calibration_metrics(split: UserSplit) -> None:
+    result = evaluate(None, split, {"two-stage": lambda: make(gbdt=True)}, ks=(5,))
+    ndcg = result.value("two-stage", "ndcg", 5)
+    assert 0 < ndcg <= 1
+    for metric in ("log_loss", "auc", "ece"):
+        value = result.value("two-stage", metric, 0)
+        assert np.isfinite(value)
+    assert 0 <= result.value("two-stage", "ece", 0) <= 1
+
+
+def test_ablation_retrains_only_the_ranker(fitted: TwoStage, split: UserSplit) -> None:
+    twin = fitted.without(["candidate"])
+    assert twin.retriever is fitted.retriever and twin.ranker_ is not fitted.ranker_
+    assert "candidate" not in twin.ranker_.feature_set_.groups
+    assert twin.score_users(split.test_users[:3]).shape == (3, split.train.n_items)
+    with pytest.raises(ModelError):
+        fitted.without(["candidate"]).without(["candidate"])
+    factories = ablation_models(lambda: fitted, ["context"], name="ts")
+    result = evaluate(None, split, factories, ks=(5,), views=("all",))
+    ci = result.compare("ts without context", "ts", "ndcg", 5)
+    assert ci.low <= ci.difference <= ci.high
+
+
+def test_events_with_unknown_feature_declarations_round_trip() -> None:
+    fs = FeatureSet([SourceScore("src_x_score", "candidate", "x", "score")])
+    assert FeatureSet.from_json(fs.to_json()).version == fs.version
+    table = pa.table({"user_id": ["u"], "item_id": ["i"], "timestamp": pa.array([0], pa.int64()).cast(pa.timestamp("us", tz="UTC"))})
+    from shelf.features import compute_offline
+
+    frame = compute_offline(fs, table, synthetic_shop(n_users=3, n_items=4, n_sessions=3, days=2)[0])
+    assert np.isnan(frame.numeric[0, 0])
+
+
+@pytest.mark.slow
+def test_shelf_train_and_evaluate_ablate_on_a_lake(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from shelf.cli import main
+    from shelf.registry import Registry
+
+    def shelf(*args: str):  # type: ignore[no-untyped-def]
+        return CliRunner().invoke(main, ["--home", str(tmp_path), *args], env={"SHELF_DEV": "1"}, catch_exceptions=False)
+
+    assert shelf("simulate", "--users", "120", "--items", "60", "--days", "6", "--seed", "3").exit_code == 0
+    trained = shelf("train", "--model", "shelf-twostage-gbdt")
+    assert trained.exit_code == 0, trained.output
+    registry = Registry(tmp_path)
+    version = registry.versions()[-1]
+    card = registry.card(version)
+    loaded = TwoStage.load(registry.path(version) / "model")
+    assert card.feature_set_version.startswith("fs-") and card.feature_set_version == loaded.feature_set_version
+    result = shelf("evaluate", "--models", "shelf-twostage-gbdt", "--ablate", "context", "--k", "10", "--views", "all", "--no-tune")
+    assert result.exit_code == 0, result.output
+    assert "ablation shelf-twostage-gbdt without context (all): ndcg@10 change" in result.output
+    assert "log_loss" in result.output or "ece" in result.output or "shelf-twostage-gbdt without context" in result.output
