@@ -161,8 +161,22 @@ def load_bundle(path: Path | str, *, kind: str | None = None) -> Bundle:
 
 
 def read_kind(path: Path | str) -> str:
-    """The kind of model saved at ``path`` (to pick its class from a registry)."""
-    return load_bundle(path).kind
+    """The kind of model saved at ``path`` (to pick its class from a registry).
+
+    Reads only the manifest, so models with their own weight formats (safetensors) are found too;
+    the class's own ``load`` then checks everything else.
+    """
+    manifest_path = Path(path) / MANIFEST
+    if not manifest_path.is_file():
+        raise ModelFormatError(f"{path}: no {MANIFEST}; not a saved shelf model (or its save did not finish)")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelFormatError(f"{manifest_path}: corrupted manifest ({e})") from e
+    kind = manifest.get("kind") if isinstance(manifest, dict) else None
+    if not isinstance(kind, str) or not kind:
+        raise ModelFormatError(f"{manifest_path}: names no model kind")
+    return kind
 
 
 # ---------------------------------------------------------------------------------------------

@@ -26,6 +26,8 @@ def _shelf_models(seed: int) -> dict[str, ModelFactory]:
         PopularityConfig,
         PopularityRetriever,
         RepeatRetriever,
+        SASRec,
+        SASRecConfig,
         default_blend,
     )
 
@@ -38,6 +40,7 @@ def _shelf_models(seed: int) -> dict[str, ModelFactory]:
         "shelf-als": lambda: ALSRetriever(ALSConfig(seed=seed)),
         "shelf-ease": EASERetriever,
         "shelf-content": ContentRetriever,
+        "shelf-sasrec": lambda: SASRec(SASRecConfig(seed=seed)),
     }
 
 

@@ -14,6 +14,7 @@ from shelf.models.retrieval.ease import EASEConfig, EASERetriever
 from shelf.models.retrieval.popularity import PopularityConfig, PopularityRetriever
 from shelf.models.retrieval.registry import RETRIEVERS, load_retriever, register, retriever_class
 from shelf.models.retrieval.repeat import RepeatConfig, RepeatRetriever
+from shelf.models.retrieval.sasrec import SASRec, SASRecConfig
 
 __all__ = [
     "RETRIEVERS",
@@ -37,6 +38,8 @@ __all__ = [
     "RepeatConfig",
     "RepeatRetriever",
     "RetrieverBase",
+    "SASRec",
+    "SASRecConfig",
     "default_blend",
     "load_retriever",
     "register",

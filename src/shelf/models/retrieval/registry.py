@@ -13,6 +13,7 @@ from shelf.models.retrieval.cooccurrence import CoOccurrenceRetriever
 from shelf.models.retrieval.ease import EASERetriever
 from shelf.models.retrieval.popularity import PopularityRetriever
 from shelf.models.retrieval.repeat import RepeatRetriever
+from shelf.models.retrieval.sasrec import SASRec
 
 RETRIEVERS: dict[str, type[Any]] = {
     cls.name: cls
@@ -24,6 +25,7 @@ RETRIEVERS: dict[str, type[Any]] = {
         EASERetriever,
         ContentRetriever,
         BlendRetriever,
+        SASRec,
     )
 }
 
