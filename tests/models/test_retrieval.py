@@ -161,6 +161,35 @@ def test_blend_skips_content_without_catalogue_and_tunes() -> None:
     assert len(blend.retrieve(Query(), 10)) == 10
 
 
+def test_blend_demotes_seen_items_when_tuning_finds_no_repeats(data: Interactions, tmp_path: Path) -> None:
+    blend = BlendRetriever(
+        {"repeat": RepeatRetriever(), "cooccurrence": CoOccurrenceRetriever(), "popularity": PopularityRetriever()},
+        BlendConfig(weights={"repeat": 1.0, "cooccurrence": 1.0, "popularity": 0.5}),
+    ).fit(data)
+    blend.demote_seen_ = True  # what tuning sets where shoppers never come back to an item
+    u = 0
+    seen = set(blend.seen_.indices[blend.seen_.indptr[u] : blend.seen_.indptr[u + 1]].tolist())
+    assert seen
+    scores = blend.score_users(np.array([u]))[0]
+    unseen = np.setdiff1d(np.arange(data.n_items), sorted(seen))
+    assert np.isfinite(scores).all() and scores[sorted(seen)].max() < scores[unseen].min()
+    result = blend.retrieve(Query(user_id=str(data.users.ids[u])), data.n_items)
+    assert len(result) == data.n_items  # seen items still fill the end of a long list
+    first = {blend.items_lookup([i])[0] for i in result.items[: len(unseen)].tolist()}
+    assert not first & seen
+    blend.save(tmp_path / "b")
+    loaded = BlendRetriever.load(tmp_path / "b")
+    assert loaded.demote_seen_ and loaded.fusion_ == blend.fusion_
+    np.testing.assert_array_equal(loaded.score_users(np.array([u])), blend.score_users(np.array([u])))
+
+
+def test_blend_tuning_picks_a_fusion(data: Interactions) -> None:
+    blend = default_blend(seed=0).fit(data)
+    report = blend.tuning_report_
+    assert not isinstance(report, str) and report is not None
+    assert blend.fusion_ == report.fusion in ("rrf", "score")
+
+
 def test_blend_fold_in_reaches_sources(data: Interactions) -> None:
     blend = default_blend(seed=0).fit(data)
     blend.fold_in("u_fresh", ["item0", "item4"], ["purchase", "purchase"])

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Literal, Self
 
 import numpy as np
+import scipy.sparse as sp
 
 from shelf.models.base import Interactions, Query, Retriever, Scored
 from shelf.models.io import (
@@ -61,6 +62,8 @@ class BlendConfig:
         tune: learn ``weights`` and ``session_weights`` in ``fit`` on the last
             ``tune_holdout_share`` of the training events (see ``shelf.models.retrieval.tuning``);
             the configured weights are the starting point. Costs a second fit of every source.
+            Tuning also picks the fusion (``rrf`` or ``score``) that does better on the hold-out;
+            ``fusion`` is where it starts and what stays when tuning cannot run.
     """
 
     weights: Mapping[str, float] = field(default_factory=dict)
@@ -137,6 +140,10 @@ class BlendRetriever:
         self.weights_ = dict(self.config.weights)
         self.session_weights_ = None if self.config.session_weights is None else dict(self.config.session_weights)
         self.tuning_report_ = None
+        self.fusion_ = self.config.fusion
+        self.user_ids_ = np.asarray(data.users.ids, dtype=object).copy()
+        self.seen_ = _seen_matrix(data)
+        self.demote_seen_ = False
         if self.config.tune:
             from shelf.models.retrieval.tuning import tune_weights
 
@@ -146,8 +153,26 @@ class BlendRetriever:
                 self.tuning_report_ = str(e)  # too little data to tune: the configured weights stay
             else:
                 self.weights_, self.session_weights_ = report.weights, report.session_weights
+                self.fusion_ = report.fusion
                 self.tuning_report_ = report
+                # Tuning saw that shoppers (almost) never come back to an item (films): rank what
+                # they already touched last, as the shop would never show it again anyway.
+                self.demote_seen_ = report.masked_seen
         return self
+
+    def _seen_items(self, user_id: str | None) -> np.ndarray:
+        """Indices of the items a training user touched (empty when unknown or not demoting)."""
+        if not self.demote_seen_ or user_id is None:
+            return np.empty(0, dtype=np.int64)
+        index = self.__dict__.get("_users_index")
+        if index is None:
+            from shelf.models.base import IdIndex
+
+            index = self.__dict__["_users_index"] = IdIndex(self.user_ids_)
+        u = index.get(user_id)
+        if u < 0:
+            return np.empty(0, dtype=np.int64)
+        return self.seen_.indices[self.seen_.indptr[u] : self.seen_.indptr[u + 1]].astype(np.int64)
 
     @property
     def is_fitted(self) -> bool:
@@ -184,8 +209,8 @@ class BlendRetriever:
 
     # -- fusion ---------------------------------------------------------------------------------
 
-    def _contributions(self, ranked: np.ndarray, values: np.ndarray, weight: float) -> np.ndarray:
-        if self.config.fusion == "rrf":
+    def _contributions(self, ranked: np.ndarray, values: np.ndarray, weight: float, fusion: str | None = None) -> np.ndarray:
+        if (fusion or self.__dict__.get("fusion_", self.config.fusion)) == "rrf":
             ranks = np.arange(1, ranked.shape[-1] + 1, dtype=np.float64)
             return np.broadcast_to(weight / (self.config.rrf_k + ranks), ranked.shape).copy()
         lo = values.min(axis=-1, keepdims=True)
@@ -241,11 +266,16 @@ class BlendRetriever:
             best[top[better]] = s
             best_value[top[better]] = c[better]
         names_arr = np.array(names + ["catalogue"], dtype=object)
+        seen = self._seen_items(query.user_id) if stage == "user" else np.empty(0, dtype=np.int64)
+        demoted = np.zeros(size, dtype=bool)
+        demoted[seen] = True
+        fused[demoted] = 0.0  # already-seen items only come back as the very last filler
         chosen = top_indices(np.where((fused > 0) & ~excluded, fused, -np.inf), n)
         scores_out = fused[chosen]
         sources_out = names_arr[best[chosen]]
         if len(chosen) < n:
             fill_score = self._fill_order(raw)
+            fill_score[demoted] -= 10.0
             fill_score[excluded] = -np.inf
             fill_score[chosen] = -np.inf
             extra = top_indices(fill_score, n - len(chosen))
@@ -301,9 +331,13 @@ class BlendRetriever:
             fill[row] = self._fill_order({k: v[row] for k, v in raw.items()})
         # Filler lies strictly below 0 (fill order in [-3, -0.9]); fused items are > 0.
         out = np.where(fused > 0, fused, fill - 3.0)
+        if self.demote_seen_:
+            seen = self.seen_[users]
+            rows = np.repeat(np.arange(len(users)), np.diff(seen.indptr))
+            out[rows, seen.indices] = fill[rows, seen.indices] - 13.0  # below every unseen item
         return out.astype(np.float32)
 
-    def contribution_matrix(self, scores: np.ndarray) -> np.ndarray:
+    def contribution_matrix(self, scores: np.ndarray, fusion: str | None = None) -> np.ndarray:
         """Unit-weight fusion contributions of one source's (queries × items) scores.
 
         Only each row's ``candidates_per_source`` best finite items contribute; the blend's score
@@ -315,7 +349,8 @@ class BlendRetriever:
         values = np.take_along_axis(scores, top, axis=1).astype(np.float64)
         finite = np.isfinite(values)
         row_min = np.min(np.where(finite, values, np.inf), axis=1, keepdims=True)
-        c = self._contributions(top, np.where(finite, values, row_min), 1.0)
+        row_min = np.where(np.isfinite(row_min), row_min, 0.0)  # a row with nothing proposed
+        c = self._contributions(top, np.where(finite, values, row_min), 1.0, fusion)
         np.put_along_axis(out, top, np.where(finite, c, 0.0), axis=1)
         return out
 
@@ -347,8 +382,19 @@ class BlendRetriever:
             path,
             kind=self.name,
             config=config_to_dict(self.config),
-            arrays={"item_ids": self.item_ids_},
-            meta={"sources": entries, "weights": self.weights_, "session_weights": self.session_weights_},
+            arrays={
+                "item_ids": self.item_ids_,
+                "user_ids": self.user_ids_,
+                "seen.indptr": self.seen_.indptr,
+                "seen.indices": self.seen_.indices,
+            },
+            meta={
+                "sources": entries,
+                "weights": self.weights_,
+                "session_weights": self.session_weights_,
+                "demote_seen": self.demote_seen_,
+                "fusion": self.fusion_,
+            },
         )
 
     @classmethod
@@ -367,6 +413,17 @@ class BlendRetriever:
                 sources[entry["name"]] = klass.load(Path(path) / entry["folder"])
         blend = cls(sources, config_from_dict(BlendConfig, bundle.config))
         blend.item_ids_ = bundle.arrays["item_ids"]
+        blend.user_ids_ = bundle.arrays.get("user_ids", np.array([], dtype=object))
+        if "seen.indptr" in bundle.arrays:
+            indices = bundle.arrays["seen.indices"]
+            blend.seen_ = sp.csr_matrix(
+                (np.ones(len(indices), dtype=np.float32), indices, bundle.arrays["seen.indptr"]),
+                shape=(len(blend.user_ids_), len(blend.item_ids_)),
+            )
+        else:
+            blend.seen_ = sp.csr_matrix((len(blend.user_ids_), len(blend.item_ids_)), dtype=np.float32)
+        blend.demote_seen_ = bool(bundle.meta.get("demote_seen", False))
+        blend.fusion_ = str(bundle.meta.get("fusion", blend.config.fusion))
         blend.skipped_sources_ = skipped
         blend.weights_ = {k: float(v) for k, v in bundle.meta.get("weights", blend.config.weights).items()}
         sw = bundle.meta.get("session_weights")
@@ -375,13 +432,26 @@ class BlendRetriever:
         return blend
 
 
+def _seen_matrix(data: Interactions) -> sp.csr_matrix:
+    """users × items, 1 where a known user has any event on the item."""
+    known = data.user >= 0
+    m = sp.csr_matrix(
+        (np.ones(int(known.sum()), dtype=np.float32), (data.user[known], data.item[known])),
+        shape=(data.n_users, data.n_items),
+    )
+    m.sum_duplicates()
+    m.data[:] = 1.0
+    m.sort_indices()
+    return m
+
+
 def default_blend(seed: int = 0) -> BlendRetriever:
     """The blend shelf trains by default (weights tuned on validation cuts, see report)."""
     from shelf.models.retrieval.als import ALSConfig, ALSRetriever
     from shelf.models.retrieval.content import ContentRetriever
     from shelf.models.retrieval.cooccurrence import CoOccurrenceRetriever
     from shelf.models.retrieval.ease import EASERetriever
-    from shelf.models.retrieval.popularity import PopularityRetriever
+    from shelf.models.retrieval.popularity import PopularityConfig, PopularityRetriever
     from shelf.models.retrieval.repeat import RepeatRetriever
 
     sources = {
@@ -390,7 +460,12 @@ def default_blend(seed: int = 0) -> BlendRetriever:
         "als": ALSRetriever(ALSConfig(seed=seed)),
         "ease": EASERetriever(),
         "content": ContentRetriever(),
+        # Unsegmented, fast-decaying popularity: where taste follows what is new this week (films),
+        # segments only add noise (validation: MovieLens NDCG@10 0.159 segmented vs 0.179).
+        "trending": PopularityRetriever(PopularityConfig(half_life_days=3.0, segments=())),
         "popularity": PopularityRetriever(),
     }
-    weights = {"repeat": 1.0, "cooccurrence": 1.0, "als": 1.0, "ease": 1.0, "content": 0.3, "popularity": 0.3}
+    weights = {
+        "repeat": 1.0, "cooccurrence": 1.0, "als": 1.0, "ease": 1.0, "content": 0.3, "trending": 0.3, "popularity": 0.3,
+    }
     return BlendRetriever(sources, BlendConfig(weights=weights, tune=True))

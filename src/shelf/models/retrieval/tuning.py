@@ -26,6 +26,7 @@ from shelf.models.io import ModelFitError
 if TYPE_CHECKING:
     from shelf.models.retrieval.blend import BlendRetriever
 
+FUSIONS = ("rrf", "score")
 WEIGHT_GRID = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 CELL_BUDGET = 20_000_000  # queries × items × sources held at once while tuning (float32: 80 MB)
 
@@ -41,6 +42,7 @@ class TuningReport:
     ndcg_default: dict[str, float]
     ndcg_tuned: dict[str, float]
     masked_seen: bool
+    fusion: str = "rrf"
 
 
 def subset(data: Interactions, mask: np.ndarray) -> Interactions:
@@ -149,9 +151,10 @@ def tune_weights(blend: BlendRetriever, data: Interactions, *, holdout_share: fl
     weights = dict(blend.config.weights)
     report_default: dict[str, float] = {}
     report_tuned: dict[str, float] = {}
+    user_results: dict[str, tuple[dict[str, float], float, float]] = {}
     if len(users):
         seen_rows = inner_seen[users].toarray() > 0 if mask_seen else None
-        contributions = {}
+        user_contributions: dict[str, dict[str, np.ndarray]] = {f: {} for f in FUSIONS}
         fill = np.zeros((len(users), n_items), dtype=np.float32)
         for name, src in sources.items():
             scores = src.score_users(users)
@@ -159,13 +162,14 @@ def tune_weights(blend: BlendRetriever, data: Interactions, *, holdout_share: fl
                 scores = np.where(seen_rows, -np.inf, scores).astype(np.float32)
             if name == fallback:
                 fill = _fill(probe, scores)
-            contributions[name] = probe.contribution_matrix(scores).astype(np.float32)
+            for f in FUSIONS:
+                user_contributions[f][name] = probe.contribution_matrix(scores, f).astype(np.float32)
         if seen_rows is not None:
             fill = np.where(seen_rows, -np.inf, fill).astype(np.float32)
-        weights, report_default["user"], report_tuned["user"] = _coordinate_ascent(contributions, fill, relevant_users, weights)
+        user_results = {f: _coordinate_ascent(user_contributions[f], fill, relevant_users, weights) for f in FUSIONS}
 
     # -- anonymous sessions: the next item after a prefix ---------------------------------------
-    session_weights = None
+    session_weights: dict[str, float] | None = None
     queries: list[Query] = []
     targets: list[np.ndarray] = []
     sess_sel = late & (data.session >= 0)
@@ -181,18 +185,37 @@ def tune_weights(blend: BlendRetriever, data: Interactions, *, holdout_share: fl
             cut_at = int(rng.integers(1, len(seq)))
             queries.append(Query(session_items=tuple(str(i) for i in probe.item_ids_[seq[:cut_at]])))
             targets.append(np.array([seq[cut_at]]))
+    session_results: dict[str, tuple[dict[str, float], float, float]] = {}
     if queries:
-        contributions = {}
+        session_contributions: dict[str, dict[str, np.ndarray]] = {f: {} for f in FUSIONS}
         fill = np.zeros((len(queries), n_items), dtype=np.float32)
         for name, src in sources.items():
             scores = np.stack([src.score_query(q) for q in queries])
             if name == fallback:
                 fill = _fill(probe, scores)
-            contributions[name] = probe.contribution_matrix(scores).astype(np.float32)
-        start = dict(blend.config.session_weights or weights)
-        session_weights, report_default["session"], report_tuned["session"] = _coordinate_ascent(
-            contributions, fill, targets, start
-        )
+            for f in FUSIONS:
+                session_contributions[f][name] = probe.contribution_matrix(scores, f).astype(np.float32)
+        start = dict(blend.config.session_weights or blend.config.weights)
+        session_results = {f: _coordinate_ascent(session_contributions[f], fill, targets, start) for f in FUSIONS}
+
+    # One fusion serves both stages: the one with the best query-weighted hold-out NDCG@10
+    # (ties keep the configured one).
+    def total(f: str) -> float:
+        value = 0.0
+        if f in user_results:
+            value += len(users) * user_results[f][2]
+        if f in session_results:
+            value += len(queries) * session_results[f][2]
+        return value
+
+    fusion = blend.config.fusion
+    for f in FUSIONS:
+        if total(f) > total(fusion) + 1e-9:
+            fusion = f
+    if fusion in user_results:
+        weights, report_default["user"], report_tuned["user"] = user_results[fusion]
+    if fusion in session_results:
+        session_weights, report_default["session"], report_tuned["session"] = session_results[fusion]
     # Sources skipped on the inner cut keep their configured weight.
     for name in blend.sources:
         weights.setdefault(name, float(blend.config.weights.get(name, 1.0)))
@@ -206,6 +229,7 @@ def tune_weights(blend: BlendRetriever, data: Interactions, *, holdout_share: fl
         ndcg_default=report_default,
         ndcg_tuned=report_tuned,
         masked_seen=bool(mask_seen),
+        fusion=fusion,
     )
 
 
