@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import SHARED_DATA, PeakMemory, median, write_section
+from shelf.errors import ShelfError
 
 PEERS = ["popularity", "trending", "recent+popular", "als", "bpr"]
 SHELF = ["shelf-trending", "shelf-repeat", "shelf-cooccurrence", "shelf-als", "shelf-ease", "shelf-content", "shelf-sasrec", "shelf-blend"]
@@ -125,6 +126,17 @@ def run_case(case: Case, models: list[str], runs: int, work: Path) -> str:
     spec = case.split(lake)
     built = spec.build(lake)
     factories = pick(models, seed=0, tune=True)
+    # A model that cannot learn from this data at all (ALS/EASE with no known users, content with
+    # no catalogue) is reported as such instead of stopping the whole benchmark.
+    unfit: dict[str, str] = {}
+    costs: dict[str, tuple[float, float]] = {}
+    for name in list(models):
+        try:
+            costs[name] = _fit_cost(factories[name], built.train, runs)
+        except ShelfError as error:
+            unfit[name] = str(error).splitlines()[0][:160]
+    models = [m for m in models if m not in unfit]
+    factories = {m: factories[m] for m in models}
     started = time.perf_counter()
     result = evaluate(None, built, factories, ks=(10, 20), target=ANY_ENGAGEMENT, views=("all", "new") if case.kind == "user" else ("all",))
     wall = time.perf_counter() - started
@@ -153,11 +165,13 @@ def run_case(case: Case, models: list[str], runs: int, work: Path) -> str:
         lines.append("")
     lines.append(f"Evaluation wall time (fit + score + metrics, all models, one run): {wall:.1f} s. {len(result.notes)} note(s): " + "; ".join(result.notes))
     lines.append("")
-    lines.append("| model | fit s (median) | peak memory MiB above start (median) |")
+    lines.append(f"| model | fit s (median of {runs}) | peak memory MiB above start (median) |")
     lines.append("|---|---:|---:|")
     for name in models:
-        seconds, peak = _fit_cost(factories[name], built.train, runs)
-        lines.append(f"| {name} | {seconds:.2f} | {peak:,.0f} |")
+        seconds, peak = costs[name]
+        lines.append(f"| {name} | {seconds:.2f} | {peak:,.1f} |")
+    for name, reason in unfit.items():
+        lines.append(f"| {name} | cannot fit this data: {reason} | |")
     lines.append("")
     return "\n".join(lines)
 
