@@ -340,9 +340,12 @@ def build_split(kind: str, source: Any, *, test_days: float, cut: str | None, in
 @click.option("--no-tune", is_flag=True, help="Skip tuning the ALS/BPR peers on the validation cut.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--report", type=click.Path(file_okay=False, path_type=Path), default=None, help="Write report.html and PNG plots here.")
+@click.option("--ablate", "ablate_groups", default=None,
+              help="Feature groups (e.g. user,item,context) to drop one at a time from the two-stage ranker of --models "
+                   "(a shelf-twostage* model); reports the NDCG change with a paired-bootstrap 95% CI.")
 @click.pass_context
 def evaluate(ctx: click.Context, split_kind: str, test_days: float, cut: str | None, ks: str, models: str, target: str,
-             views: str, include_cold: bool, no_tune: bool, seed: int, report: Path | None) -> None:
+             views: str, include_cold: bool, no_tune: bool, seed: int, report: Path | None, ablate_groups: str | None = None) -> None:
     """Evaluate recommenders side by side on one split of the lake (read through snapshots)."""
     import time
 
@@ -354,10 +357,28 @@ def evaluate(ctx: click.Context, split_kind: str, test_days: float, cut: str | N
     cutoffs = [int(k) for k in _csv_list(ks)]
     split = build_split(split_kind, lake, test_days=test_days, cut=cut, include_cold=include_cold)
     factories = pick(_csv_list(models), seed=seed, tune=not no_tune)
+    ablated: list[tuple[str, str]] = []
+    if ablate_groups:
+        from shelf.features import GROUPS
+        from shelf.models.twostage import ablation_models
+
+        groups = _csv_list(ablate_groups)
+        unknown = sorted(set(groups) - set(GROUPS))
+        two_stage = [name for name in factories if name.startswith("shelf-twostage")]
+        if unknown or not two_stage:
+            raise click.BadParameter(f"give groups among {', '.join(GROUPS)} and a shelf-twostage* model in --models", param_hint="--ablate")
+        for name in two_stage:
+            factories.update(ablation_models(factories[name], groups, name=name))
+            ablated += [(name, group) for group in groups]
     started = time.perf_counter()
     result = run(lake, split, factories, ks=cutoffs, target=TARGETS[target], views=tuple(_csv_list(views)))
     click.echo(result.table())
     click.echo(f"evaluation wall time {time.perf_counter() - started:.1f} s")
+    for name, group in ablated:
+        for view in result.views:
+            ci = result.compare(f"{name} without {group}", name, "ndcg", cutoffs[0], view)
+            click.echo(f"ablation {name} without {group} ({view}): ndcg@{cutoffs[0]} change {ci.difference:+.4f} "
+                       f"[{ci.low:+.4f}, {ci.high:+.4f}] 95% CI (paired bootstrap over users)")
     if report is not None:
         page = write_report(result, report)
         click.echo(f"report: {page}")
@@ -515,8 +536,10 @@ def models_rollback(ctx: click.Context) -> None:
 @click.option("--items", type=int, default=1_000, show_default=True, help="Simulated catalogue size.")
 @click.option("--days", type=int, default=14, show_default=True, help="Simulated days.")
 @click.option("--model", "model_name", default="shelf-blend", show_default=True, help="What to train and promote.")
+@click.option("--no-serve", is_flag=True, help="Stop after the evaluation instead of serving the shop on 127.0.0.1:8000.")
+@click.option("--port", type=int, default=8000, show_default=True, help="Port of the demo service (on 127.0.0.1).")
 @click.pass_context
-def demo(ctx: click.Context, dataset: str, users: int, items: int, days: int, model_name: str) -> None:
+def demo(ctx: click.Context, dataset: str, users: int, items: int, days: int, model_name: str, no_serve: bool = False, port: int = 8000) -> None:
     """The main job on the embedded default: build a shop's lake, train, evaluate against peers."""
     from shelf.registry import Registry
     from shelf.training.config import TrainConfig
@@ -546,6 +569,109 @@ def demo(ctx: click.Context, dataset: str, users: int, items: int, days: int, mo
                views="all" if dataset == "yoochoose" else "all,new", include_cold=False, no_tune=False, seed=0,
                report=app.settings.home / "report")
     click.echo("\nnext: shelf --home {0} models list | shelf --home {0} recommend-batch --users FILE --out recs.csv".format(app.settings.home))
+    if not no_serve:
+        _demo_serve(app, lake, port)
+
+
+def _demo_serve(app: _App, lake: Any, port: int) -> None:
+    """Step 4 of the demo: an admin key, three curl commands that work, and the service."""
+    import json
+    from datetime import UTC, datetime
+    from urllib.parse import quote
+
+    from shelf.serving.auth import create_key
+
+    with lake.snapshot() as snap:
+        top = snap.sql("SELECT item_id FROM events GROUP BY item_id ORDER BY count(*) DESC LIMIT 1")
+    item = top["item_id"][0].as_py()
+    _, secret = create_key(app.settings.home, "admin")
+    base = f"http://127.0.0.1:{port}"
+    auth = f"-H 'Authorization: Bearer {secret}'"
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    event = json.dumps({"events": [{"user_id": "demo-shopper", "session_id": "demo-session", "item_id": item, "type": "view", "timestamp": now}]})
+    click.echo(f"\n== 4. serve the shop on {base} (Ctrl-C stops it); with the admin key just created, try:\n")
+    click.echo(f"curl -s -X POST {base}/events {auth} -H 'Content-Type: application/json' -d '{event}'")
+    click.echo(f"curl -s '{base}/recommendations?user_id=demo-shopper&session_id=demo-session&k=5' {auth}")
+    click.echo(f"curl -s '{base}/items/{quote(str(item), safe='')}/similar?k=5' {auth}\n")
+    _serve(app, "127.0.0.1", port)
+
+
+# ------------------------------------------------------------------------------------------------
+# serve and API keys
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind (0.0.0.0: every interface).")
+@click.option("--port", type=int, default=8000, show_default=True)
+@click.pass_context
+def serve(ctx: click.Context, host: str, port: int) -> None:
+    """Run the HTTP API (events, recommendations, similar items) on the promoted bundle.
+
+    One process per workspace (it holds the write-ahead log's lock); stop it with Ctrl-C or
+    SIGTERM, which drains requests in flight. Create a key first: shelf keys create --role admin.
+    """
+    _serve(_app(ctx), host, port)
+
+
+def _serve(app: _App, host: str, port: int) -> None:
+    try:
+        import uvicorn
+
+        from shelf.serving import create_app, list_keys
+    except ImportError as error:  # pragma: no cover - the serve extra is missing
+        raise click.ClickException(f"serving needs the serve extra: pip install 'shelf[serve]' ({error})") from error
+    if not 0 < port < 65536:
+        raise click.BadParameter(f"{port} is not a TCP port", param_hint="--port")
+    app.settings.require_pseudonym_key()  # the published development key is refused outside --dev
+    if not any(key.active for key in list_keys(app.settings.home)):
+        click.echo("note: no active API key yet; every route but /health, /ready and /metrics answers 401. "
+                   "Create one with: shelf keys create --role admin", err=True)
+    click.echo(f"shelf serving {app.settings.home.resolve()} on http://{host}:{port} (docs: /docs)", err=True)
+    uvicorn.run(create_app(app.settings), host=host, port=port, log_level="info", timeout_graceful_shutdown=10)
+
+
+@main.group()
+def keys() -> None:
+    """Create, list and revoke the API keys the HTTP service accepts."""
+
+
+@keys.command("create")
+@click.option("--role", required=True, type=click.Choice(["admin", "events:write", "recommendations:read"]),
+              help="admin may call everything; events:write sends events and item updates; recommendations:read reads.")
+@click.pass_context
+def keys_create(ctx: click.Context, role: str) -> None:
+    """Create a key and print its secret (the only time it is shown; only a hash is stored)."""
+    from shelf.serving.auth import create_key
+
+    key_id, secret = create_key(_app(ctx).settings.home, role)
+    click.echo(f"created key {key_id} ({role}); the secret is shown once, store it now:", err=True)
+    click.echo(secret)
+
+
+@keys.command("list")
+@click.pass_context
+def keys_list(ctx: click.Context) -> None:
+    """Every key (never a secret), oldest first, with its role and whether it is revoked."""
+    from shelf.serving.auth import list_keys
+
+    found = list_keys(_app(ctx).settings.home)
+    if not found:
+        click.echo("no keys yet; create one with: shelf keys create --role admin")
+        return
+    for key in found:
+        state = "active" if key.active else f"revoked {key.revoked}"
+        click.echo(f"{key.id}  {key.role:<20}  created {key.created}  {state}")
+
+
+@keys.command("revoke")
+@click.argument("key_id")
+@click.pass_context
+def keys_revoke(ctx: click.Context, key_id: str) -> None:
+    """Revoke a key; a running service refuses it from its next request."""
+    from shelf.serving.auth import revoke_key
+
+    key = revoke_key(_app(ctx).settings.home, key_id)
+    click.echo(f"revoked {key.id} ({key.role}) at {key.revoked}")
 
 
 # ------------------------------------------------------------------------------------------------

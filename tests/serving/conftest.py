@@ -48,3 +48,43 @@ async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://shelf.test") as c:
             yield c
+
+
+# ----------------------------------------------------------------------------------------------
+# A simulated shop with trained bundles (built once per session, copied per test)
+
+SHOP_KEY = "test-key-0123456789abcdef"
+
+
+def build_shop(home: Path, *, users: int = 200, items: int = 100, days: int = 5) -> None:
+    """Simulate a shop into ``home``'s lake; v0001 = shelf-blend (promoted), v0002 = shelf-trending."""
+    from click.testing import CliRunner
+
+    from shelf.cli import main
+
+    env = {"SHELF_PSEUDONYM_KEY": SHOP_KEY, "SHELF_DEV": "0"}
+    runner = CliRunner()
+    for args in (
+        ["simulate", "--users", str(users), "--items", str(items), "--days", str(days)],
+        ["train", "--model", "shelf-blend", "--promote"],
+        ["train", "--model", "shelf-trending"],
+    ):
+        result = runner.invoke(main, ["--home", str(home), *args], env=env, catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+
+
+@pytest.fixture(scope="session")
+def shop_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    home = tmp_path_factory.mktemp("shop") / "home"
+    build_shop(home)
+    return home
+
+
+@pytest.fixture
+def shop(shop_template: Path, tmp_path: Path) -> Settings:
+    """Settings over a fresh copy of the simulated shop (bundle v0001 promoted)."""
+    import shutil
+
+    home = tmp_path / "shop"
+    shutil.copytree(shop_template, home)
+    return Settings(home=home, pseudonym_key=SHOP_KEY, dev_mode=False)

@@ -5,6 +5,7 @@ Layout under ``<home>/lake/``::
     manifest.json      which parts are committed (the only source of truth), see manifest.py
     .lock              flock'ed by the one writer session at a time
     events/ items/ users/   immutable Parquet parts (zstd), named v<version>-<session>-<n>.parquet
+    wal/               segments of live events from `shelf serve` (see wal.py), not yet compacted
 
 Readers never take the lock: they read the manifest once (an atomic rename guarantees a whole
 one) and then only immutable files it names.
@@ -19,12 +20,14 @@ from pathlib import Path
 from shelf.errors import LakeError
 from shelf.lake._files import WriterLock
 from shelf.lake.manifest import MANIFEST_NAME, Manifest, read_manifest, write_manifest
-from shelf.lake.snapshot import Snapshot, from_epoch_us
+from shelf.lake.snapshot import EventSource, Snapshot, WalEvents, from_epoch_us
 from shelf.lake.tables import TABLES
+from shelf.lake.wal import read_segments
 from shelf.lake.writer import LakeWriter
 
 LAKE_FOLDER = "lake"
 LOCK_NAME = ".lock"
+WAL_FOLDER = "wal"  # <home>/lake/wal: live events written by `shelf serve`, not yet compacted
 
 
 @dataclass(frozen=True)
@@ -147,10 +150,21 @@ class Lake:
             lock.release()
             raise
 
-    def snapshot(self, as_of: datetime | None = None) -> Snapshot:
+    def snapshot(self, as_of: datetime | None = None, *, live: bool = True) -> Snapshot:
         """The lake as of ``as_of`` (an aware datetime; None: everything committed), frozen on the
-        current manifest version."""
-        return Snapshot(self.path, self.manifest(), as_of)
+        current manifest version.
+
+        With ``live`` (the default), events in write-ahead-log segments that compaction has not
+        reached yet are visible too (read without the WAL's lock, see ``wal.read_segments``).
+        """
+        extra: list[EventSource] = []
+        # The WAL is read before the manifest: a segment is deleted only after its events are
+        # committed, so each event is then in these rows or in the manifest read below.
+        rows = read_segments(self.path / WAL_FOLDER) if live else None
+        manifest = self.manifest()
+        if rows is not None and rows.num_rows:
+            extra.append(WalEvents.fresh(rows, self.path, manifest.parts("events")))
+        return Snapshot(self.path, manifest, as_of, extra)
 
     def compact(self, target_rows: int | None = None, timeout_s: float = 0.0) -> int:
         """Merge small parts of every table into parts of up to ``target_rows`` rows.

@@ -5,8 +5,9 @@ and users the visible version is the latest with ``valid_from < as_of``. The sam
 DuckDB views ``events``, ``items``, ``users``, ``item_history`` and ``user_history`` that
 :meth:`Snapshot.sql` queries, so anything built from a snapshot cannot see the future.
 
-Event rows come from a list of :class:`EventSource` objects; today that is the committed Parquet
-parts, later write-ahead-log segments (live events not yet compacted) join the list.
+Event rows come from a list of :class:`EventSource` objects: the committed Parquet parts, and
+:class:`WalEvents`, the live events of write-ahead-log segments not yet compacted (so a fresh
+event is visible without waiting for compaction; ``Lake.snapshot`` adds them).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Protocol
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from shelf.errors import LakeError
 from shelf.lake.manifest import Manifest, Part
@@ -72,6 +74,57 @@ class ParquetParts:
         files = ", ".join(sql_str(str(self.lake_dir / p.path)) for p in parts)
         cols = ", ".join(quote(c) for c in self.spec.schema.names)
         return f"SELECT {cols} FROM read_parquet([{files}])"
+
+
+@dataclass(frozen=True)
+class WalEvents:
+    """Live events read from write-ahead-log segments, minus those already in the lake.
+
+    Build it with :meth:`fresh`, from WAL rows read *before* the manifest the snapshot is frozen
+    on: a segment is deleted only after its events are committed, so every event is then in the
+    rows, in the manifest, or both; ``fresh`` drops the "both" (and repeats within the WAL) by
+    ``event_id``, as compaction will.
+    """
+
+    table: pa.Table
+    name: str = "__wal_events"
+
+    @classmethod
+    def fresh(cls, rows: pa.Table, lake_dir: Path, parts: Sequence[Part]) -> WalEvents:
+        cols = ", ".join(quote(c) for c in EVENTS.schema.names)
+        first = (
+            f"SELECT {cols}, __pos FROM __wal QUALIFY row_number() OVER (PARTITION BY event_id ORDER BY __pos) = 1"
+        )
+        times = rows["timestamp"].cast(pa.int64())
+        low, high = pc.min(times).as_py(), pc.max(times).as_py()
+        # An event's copy in the lake has the same timestamp: only parts spanning it can hold it.
+        overlapping = [
+            p for p in parts
+            if (p.min_time_us is None or p.min_time_us <= high) and (p.max_time_us is None or p.max_time_us >= low)
+        ]
+        con = duckdb.connect()
+        try:
+            con.execute("SET TimeZone = 'UTC'")
+            con.register("__wal", rows.append_column("__pos", pa.array(range(rows.num_rows), pa.int64())))
+            if overlapping:
+                files = ", ".join(sql_str(str(lake_dir / p.path)) for p in overlapping)
+                sql = (
+                    f"SELECT f.* FROM ({first}) f ANTI JOIN "
+                    f"(SELECT event_id FROM read_parquet([{files}])) e ON f.event_id = e.event_id"
+                )
+            else:
+                sql = first
+            fresh = con.sql(f"SELECT {cols} FROM ({sql}) ORDER BY __pos").to_arrow_table()
+        finally:
+            con.close()
+        return cls(fresh.cast(EVENTS.schema))
+
+    def select_sql(self, con: duckdb.DuckDBPyConnection, as_of_us: int | None) -> str | None:
+        if self.table.num_rows == 0:
+            return None
+        con.register(self.name, self.table)
+        cols = ", ".join(quote(c) for c in EVENTS.schema.names)
+        return f"SELECT {cols} FROM {self.name}"
 
 
 def _union(con: duckdb.DuckDBPyConnection, sources: Sequence[EventSource] | Sequence[ParquetParts], spec: TableSpec, as_of_us: int | None) -> str:

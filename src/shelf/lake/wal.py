@@ -22,9 +22,11 @@ file truncated: that record was never acknowledged. A checksum mismatch with val
 is damage, not a crash, and raises :class:`WalCorruptError` naming file and offset. Appends after
 recovery always go to a new segment.
 
-``compact(into)`` seals the active segment, hands each sealed segment's events to ``into`` (the
-lake writer, which dedupes on ``event_id``) and deletes the segment only after ``into`` returns;
-a crash in between replays the segment next time, which the dedupe makes harmless.
+``compact(into, commit)`` seals the active segment, hands each sealed segment's events to ``into``
+(a lake writer session's ``append_events``, which dedupes on ``event_id``), runs ``commit`` and
+deletes the segments only after it returns; a crash in between replays the segments next time,
+which the dedupe makes harmless. :func:`read_segments` reads the folder without the lock (for
+snapshots: the lake reads the WAL beside its Parquet parts).
 """
 
 from __future__ import annotations
@@ -124,6 +126,38 @@ def _scan(path: Path, data: bytes, *, is_last: bool) -> tuple[list[tuple[int, in
     if offset < size and not is_last:
         log.warning("%s: dropping a torn tail of %d bytes (never acknowledged)", path, size - offset)
     return spans, offset
+
+
+def read_segments(root: Path | str) -> pa.Table:
+    """Every durable event in the WAL folder ``root``, read without its lock (EVENT_SCHEMA).
+
+    For readers beside a live appender (snapshots). Each segment is read, then fsynced by the
+    reader itself, so every whole, checksummed record returned is on disk: either it was already
+    acknowledged, or its appender is about to acknowledge it (or crashed first, and recovery will
+    keep the record, since it is whole). A tail that is still being written fails its checksum
+    and is left out. A segment deleted meanwhile (compacted) is skipped: its events were committed
+    to the lake before the delete. Damage that is not a torn tail raises :class:`WalCorruptError`.
+    """
+    folder = Path(root)
+    if not folder.is_dir():
+        return EVENT_SCHEMA.empty_table()
+    tables: list[pa.Table] = []
+    for path in sorted(p for p in folder.iterdir() if _SEGMENT_RE.match(p.name)):
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            continue
+        try:
+            with os.fdopen(fd, "rb", closefd=False) as handle:
+                data = handle.read()
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        spans, _ = _scan(path, data, is_last=True)
+        tables += [_decode(data[start:end]) for start, end in spans]
+    if not tables:
+        return EVENT_SCHEMA.empty_table()
+    return pa.concat_tables([t.cast(EVENT_SCHEMA) for t in tables])
 
 
 class WriteAheadLog:
@@ -346,27 +380,51 @@ class WriteAheadLog:
                 self._open_segment()
             self._wait_durable(self._written)
 
-    def compact(self, into: Callable[[pa.Table], None]) -> int:
-        """Hand every sealed segment to ``into``, deleting each after ``into`` returns.
+    def has_pending(self) -> bool:
+        """Whether anything is left to compact (a sealed segment, or records in the active one)."""
+        with self._mutex:
+            return bool(self._sealed) or self._active_size > len(MAGIC)
 
-        Appends continue meanwhile (into a fresh segment). If ``into`` raises, that segment and
-        the later ones stay for the next compaction. Returns the number of events handed over.
+    def compact(self, into: Callable[[pa.Table], object], commit: Callable[[], object] | None = None) -> int:
+        """Hand every sealed segment to ``into``; delete segments once they are safely elsewhere.
+
+        Without ``commit``, each segment is deleted as soon as ``into`` returns (``into`` must
+        make the events durable itself). With ``commit`` (a lake writer session's ``commit``:
+        ``into`` is its ``append_events``, whose parts are invisible until the commit), every
+        segment is handed over first, ``commit`` runs, and only then are the segments deleted, so
+        a crash anywhere leaves each event in the WAL, the lake, or both (the lake's dedupe on
+        ``event_id`` makes the replay harmless).
+
+        Appends continue meanwhile (into a fresh segment). If ``into`` or ``commit`` raises, the
+        segments not yet deleted stay for the next compaction. Returns the number of events
+        handed over.
         """
         with self._compacting:
             self.seal()
             with self._mutex:
                 sealed = list(self._sealed)
             handed = 0
+            done: list[Path] = []
             for path in sealed:
                 table = self._read_segment(path, None)
                 if table.num_rows:
                     into(table)
                     handed += table.num_rows
-                path.unlink()
-                with self._mutex:
-                    self._sealed.remove(path)
-                fsync_dir(self.root)
+                if commit is None:
+                    self._drop([path])
+                else:
+                    done.append(path)
+            if commit is not None and done:
+                commit()
+                self._drop(done)
             return handed
+
+    def _drop(self, paths: list[Path]) -> None:
+        for path in paths:
+            path.unlink()
+            with self._mutex:
+                self._sealed.remove(path)
+        fsync_dir(self.root)
 
     def stats(self) -> WalStats:
         with self._mutex:

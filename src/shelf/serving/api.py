@@ -158,4 +158,7 @@ class Status(BaseModel):
     wal_segments: int
     wal_appends: int
     wal_fsyncs: int
+    wal_replayed: int = Field(0, description="Events replayed from the WAL into the online state at start-up.")
+    events_compacted: int = Field(0, description="Events this process moved from the WAL into the lake.")
+    catalogue_items: int = Field(0, description="Items the rerankers know (lake catalogue plus PUT /items).")
     exposures_pending: int

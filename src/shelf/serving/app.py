@@ -20,6 +20,11 @@ without secrets, and they carry no shopper data (only counts and the bundle vers
 service to a private interface, or put the metrics port behind the network policy, if even
 counts are sensitive.
 
+Background work: the promoted-bundle watcher (hot swap), the exposure flush, and compaction,
+which moves sealed WAL segments into the lake's event log (one writer session per pass; segments
+are deleted only after the commit) and refreshes the rerank catalogue from the lake's item table
+when it changed. On start-up the WAL's events are replayed into the online state.
+
 Order of work on ``POST /events``: strict per-record checks → pseudonymize → WAL append
 (fsynced, group commit) → online state → response. A 200 or 422 response means every record
 it counts as accepted is durable. 422 means *some* records were refused; the others were
@@ -31,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -53,7 +59,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.convertors import Convertor, register_url_convertor
 
 from shelf import __version__
-from shelf.errors import InputError
+from shelf.errors import InputError, LakeError
+from shelf.lake import Lake, Snapshot
 from shelf.lake.wal import WriteAheadLog
 from shelf.models.base import Context, Query, Scored
 from shelf.privacy import Pseudonymizer
@@ -82,6 +89,7 @@ from shelf.serving.events import ValidationCoalescer, batch_problem, check_event
 from shelf.serving.exposures import ExposureLog
 from shelf.serving.metrics import ServingMetrics
 from shelf.serving.online import OnlineState
+from shelf.serving.recommender import load_bundle_recommender
 from shelf.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -124,7 +132,10 @@ class Runtime:
         self.validation = ValidationCoalescer(self.pseudonymizer)
         self.keys = KeyStore(settings.home)
         self.state = OnlineState(config.limits)
-        self.catalogue: dict[str, ItemMeta] = {}
+        self.catalogue: dict[str, ItemMeta] = {}  # replaced whole on refresh; readers never lock
+        self._item_overrides: dict[str, dict[str, Any]] = {}  # PUT /items fields, over the lake's
+        self._catalogue_lock = threading.Lock()
+        self._catalogue_parts: object = None
         self.slot = RecommenderSlot(self.state, Registry(settings.home), loader)
         self.exposures = ExposureLog(Path(settings.home) / EXPOSURE_FOLDER, max_buffer=config.exposure_buffer)
         self.metrics = ServingMetrics(self)
@@ -132,11 +143,64 @@ class Runtime:
         self.ready = False
         self.events_accepted = 0
         self.events_rejected = 0
+        self.wal_replayed = 0
+        self.events_compacted = 0
 
     # -- lifecycle -------------------------------------------------------------------------
 
     def open(self) -> None:
         self.wal = WriteAheadLog(Path(self.settings.home) / WAL_FOLDER, segment_bytes=self.config.wal_segment_bytes)
+        # Events acknowledged before a restart and not compacted yet: back into sessions and counters.
+        for _, table in self.wal.iter_segments():
+            self.state.apply(table)
+            self.wal_replayed += table.num_rows
+        try:
+            self.refresh_catalogue()
+        except LakeError as error:  # a damaged lake must not stop events from being accepted
+            log.error("cannot read the catalogue from the lake: %s", error)
+
+    def _lake(self) -> Lake:
+        return Lake.open(self.settings.home)
+
+    def refresh_catalogue(self) -> int:
+        """Reload item facts from the lake when its item table changed; PUT /items updates stay on top."""
+        lake = self._lake()
+        manifest = lake.manifest()
+        parts = manifest.parts("items")
+        if parts == self._catalogue_parts:
+            return 0
+        with Snapshot(lake.path, manifest, None) as snap:
+            table = snap.items().select(["item_id", "category", "brand", "stock", "launched_at", "price"])
+        columns = table.to_pydict()
+        fresh = {
+            item: ItemMeta(category=category, brand=brand, stock=stock, launched_at=launched, price=price)
+            for item, category, brand, stock, launched, price in zip(
+                columns["item_id"], columns["category"], columns["brand"], columns["stock"], columns["launched_at"], columns["price"], strict=True
+            )
+        }
+        with self._catalogue_lock:
+            for item, fields in self._item_overrides.items():
+                fresh[item] = replace(fresh.get(item, ItemMeta()), **fields)
+            self.catalogue = fresh
+            self._catalogue_parts = parts
+        return len(fresh)
+
+    def compact(self) -> int:
+        """Move sealed WAL segments into the lake (one writer session); returns events handed over."""
+        wal = self.wal
+        if wal is not None and wal.has_pending():
+            try:
+                with self._lake().writer(timeout_s=self.config.compact_lock_timeout_seconds) as session:
+                    handed = wal.compact(session.append_events, commit=session.commit)
+            except LakeError as error:  # e.g. an ingest holds the lake's lock: try again next time
+                log.warning("WAL compaction postponed: %s", error)
+                return 0
+            self.events_compacted += handed
+            self.metrics.compacted(handed)
+        else:
+            handed = 0
+        self.refresh_catalogue()
+        return handed
 
     def close(self) -> None:
         self.exposures.flush()
@@ -151,6 +215,7 @@ class Runtime:
         tasks = [
             asyncio.create_task(self._every(self.config.bundle_poll_seconds, self.slot.check)),
             asyncio.create_task(self._every(self.config.exposure_flush_seconds, self.exposures.flush)),
+            asyncio.create_task(self._every(self.config.compact_seconds, self.compact)),
         ]
         self.ready = True
         try:
@@ -192,13 +257,15 @@ class Runtime:
         return EventsResult(accepted=checked.valid.num_rows, rejected=checked.rejected, errors=checked.problems)
 
     def update_items(self, body: ItemsIn) -> int:
-        for update in body.items:
-            item_id = str(update.item_id)
-            fields = update.model_dump(exclude_unset=True, exclude={"item_id"})
-            if "launched_at" in fields and fields["launched_at"] is not None:
-                fields["launched_at"] = parse_aware_time(fields["launched_at"])
-            # One assignment per item: readers see the old or the new ItemMeta.
-            self.catalogue[item_id] = replace(self.catalogue.get(item_id, ItemMeta()), **fields)
+        with self._catalogue_lock:
+            for update in body.items:
+                item_id = str(update.item_id)
+                fields = update.model_dump(exclude_unset=True, exclude={"item_id"})
+                if "launched_at" in fields and fields["launched_at"] is not None:
+                    fields["launched_at"] = parse_aware_time(fields["launched_at"])
+                self._item_overrides.setdefault(item_id, {}).update(fields)
+                # One assignment per item: readers see the old or the new ItemMeta.
+                self.catalogue[item_id] = replace(self.catalogue.get(item_id, ItemMeta()), **fields)
         return len(body.items)
 
     # -- recommendations -------------------------------------------------------------------
@@ -274,6 +341,9 @@ class Runtime:
             wal_segments=wal.segments if wal else 0,
             wal_appends=wal.appends if wal else 0,
             wal_fsyncs=wal.fsyncs if wal else 0,
+            wal_replayed=self.wal_replayed,
+            events_compacted=self.events_compacted,
+            catalogue_items=len(self.catalogue),
             exposures_pending=self.exposures.pending(),
         )
 
@@ -418,12 +488,14 @@ def create_app(
     settings: Settings,
     *,
     config: ServeConfig | None = None,
-    recommender_loader: RecommenderLoader | None = None,
+    recommender_loader: RecommenderLoader | None = load_bundle_recommender,
 ) -> FastAPI:
     """Build the service. Nothing is opened until the lifespan starts (uvicorn, or a test client).
 
-    ``recommender_loader`` turns a promoted bundle into a recommender; without one, serving uses
-    the online popularity / co-visitation recommender (cold start) and ignores the registry.
+    ``recommender_loader`` turns a promoted bundle into a recommender (default: the bundle's model
+    with the online state, :class:`~shelf.serving.recommender.BundleRecommender`). Until a bundle
+    is promoted, or with ``recommender_loader=None`` (which ignores the registry), serving uses
+    the online popularity / co-visitation recommender (cold start).
     """
     config = config or ServeConfig()
     runtime = Runtime(settings, config, recommender_loader)

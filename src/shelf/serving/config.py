@@ -23,6 +23,8 @@ class ServeConfig:
     exposure_flush_seconds: float = 1.0
     exposure_buffer: int = 10_000
     wal_segment_bytes: int = 64 * 1024 * 1024
+    compact_seconds: float = 30.0  # how often sealed WAL segments move into the lake (and the catalogue refreshes)
+    compact_lock_timeout_seconds: float = 5.0  # wait this long for the lake's writer lock, else retry later
     exclude_seen: bool = True  # leave the session's own items out of "recommended for you"
     candidates_per_slot: int = 4  # the recommender proposes k * this, rerankers choose k
     limits: StateLimits = field(default_factory=StateLimits)
@@ -36,5 +38,5 @@ class ServeConfig:
                 raise ValueError(f"ServeConfig.{name} must be at least 1")
         if self.max_batch > MAX_BATCH:
             raise ValueError(f"ServeConfig.max_batch may be at most {MAX_BATCH} (the documented API bound)")
-        if self.bundle_poll_seconds <= 0 or self.exposure_flush_seconds <= 0:
-            raise ValueError("ServeConfig poll and flush intervals must be positive")
+        if self.bundle_poll_seconds <= 0 or self.exposure_flush_seconds <= 0 or self.compact_seconds <= 0:
+            raise ValueError("ServeConfig poll, flush and compaction intervals must be positive")

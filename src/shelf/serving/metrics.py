@@ -61,6 +61,7 @@ class ServingMetrics:
         self.responses = Counter("shelf_responses", "Responses by route and status.", ["route", "method", "status"], registry=self.registry)
         self.accepted = Counter("shelf_events_accepted", "Events accepted (durable).", registry=self.registry)
         self.rejected = Counter("shelf_events_rejected", "Events refused by validation.", registry=self.registry)
+        self.compacted_events = Counter("shelf_events_compacted", "Events moved from the WAL into the lake.", registry=self.registry)
         self.registry.register(_StateCollector(runtime))
 
     def request(self, route: str, method: str, status: int, seconds: float) -> None:
@@ -70,6 +71,9 @@ class ServingMetrics:
     def events(self, accepted: int, rejected: int) -> None:
         self.accepted.inc(accepted)
         self.rejected.inc(rejected)
+
+    def compacted(self, events: int) -> None:
+        self.compacted_events.inc(events)
 
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
