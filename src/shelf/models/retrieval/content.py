@@ -181,9 +181,17 @@ class ContentRetriever(RetrieverBase):
         rows = sp.csr_matrix(rows.multiply(1.0 / np.maximum(totals, 1e-12)[:, None]))
         return rows @ self.item_vectors_
 
+    def _features_by_item(self) -> sp.csr_matrix:
+        """features × items, built once: transposing the item matrix per query cost ~10 ms at 100k items."""
+        cached = getattr(self, "_features_by_item_cache", None)
+        if cached is None or cached.shape[1] != self.item_vectors_.shape[0]:
+            cached = sp.csr_matrix(self.item_vectors_.T, dtype=np.float32)
+            self._features_by_item_cache = cached
+        return cached
+
     def _scores_from_weights(self, rows: sp.csr_matrix) -> np.ndarray:
-        profile = self._profile_rows(rows)
-        scores = (profile @ self.item_vectors_.T).toarray()
+        profile = sp.csr_matrix(self._profile_rows(rows), dtype=np.float32)
+        scores = (profile @ self._features_by_item()).toarray()
         return np.where(scores > 0, scores, NEG_INF).astype(np.float32)
 
     def _score_query(self, query: Query) -> np.ndarray:
