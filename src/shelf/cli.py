@@ -349,7 +349,8 @@ def evaluate(ctx: click.Context, split_kind: str, test_days: float, cut: str | N
     """Evaluate recommenders side by side on one split of the lake (read through snapshots)."""
     import time
 
-    from shelf.evaluation import TARGETS, evaluate as run, write_report
+    from shelf.evaluation import TARGETS, write_report
+    from shelf.evaluation import evaluate as run
     from shelf.training.zoo import pick
 
     app = _app(ctx)
@@ -568,7 +569,7 @@ def demo(ctx: click.Context, dataset: str, users: int, items: int, days: int, mo
                models=f"popularity,recent+popular,als,{model_name}", target="engagement",
                views="all" if dataset == "yoochoose" else "all,new", include_cold=False, no_tune=False, seed=0,
                report=app.settings.home / "report")
-    click.echo("\nnext: shelf --home {0} models list | shelf --home {0} recommend-batch --users FILE --out recs.csv".format(app.settings.home))
+    click.echo(f"\nnext: shelf --home {app.settings.home} models list | shelf --home {app.settings.home} recommend-batch --users FILE --out recs.csv")
     if not no_serve:
         _demo_serve(app, lake, port)
 

@@ -8,10 +8,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner, Result
+from tests.conftest import shared_dataset
 
 from shelf.cli import main
 from shelf.lake import Lake
-from tests.conftest import shared_dataset
 
 GOOD = "user,item,type,timestamp,price\nu1,a,view,2024-05-01T10:00:00Z,1.5\nu2,b,purchase,2024-05-01T11:00:00Z,2\n"
 

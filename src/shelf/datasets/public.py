@@ -204,7 +204,7 @@ def _ml_items(path: Path, genres: list[str]) -> Iterator[RawBatch]:
         rows = zip(*(t[f].to_pylist() for f in flags), strict=True)
         named = [[g for g, flag in zip(genres, row, strict=True) if flag == "1"] for row in rows]
         dates = _query(
-            f"""SELECT strftime(d, '%Y-%m-%d') AS day,
+            """SELECT strftime(d, '%Y-%m-%d') AS day,
                 strftime(d, '%Y-%m-%dT%H:%M:%SZ') AS launched
             FROM (SELECT try_strptime(NULLIF(release_date, ''), '%d-%b-%Y') AS d FROM raw)""",
             raw=t.select(["release_date"]),

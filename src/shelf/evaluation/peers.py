@@ -24,8 +24,8 @@ from datetime import timedelta
 from typing import Any, Self
 
 import numpy as np
-from threadpoolctl import threadpool_limits
 import scipy.sparse as sp
+from threadpoolctl import threadpool_limits
 
 from shelf.evaluation.errors import EvaluationError
 from shelf.models.base import DEFAULT_EVENT_WEIGHTS, Interactions, Query, Scored
