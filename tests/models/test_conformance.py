@@ -19,6 +19,7 @@ from shelf.models.retrieval import (
     PopularityConfig,
     PopularityRetriever,
     RepeatRetriever,
+    SequentialRulesRetriever,
     default_blend,
 )
 
@@ -39,6 +40,7 @@ CASES = [
     RetrieverCase("cooccurrence", CoOccurrenceRetriever),
     RetrieverCase("als", lambda: ALSRetriever(ALSConfig(factors=8, iterations=4, seed=3))),
     RetrieverCase("ease", EASERetriever),
+    RetrieverCase("sequential", SequentialRulesRetriever),
     RetrieverCase("content", ContentRetriever),
     RetrieverCase("blend-small", small_blend, always_fills=True),
     RetrieverCase("blend-default", lambda: default_blend(seed=1), always_fills=True),

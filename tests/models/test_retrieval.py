@@ -204,3 +204,22 @@ def test_nan_after_training_is_refused(data: Interactions, monkeypatch: pytest.M
     monkeypatch.setattr(ease_module.scipy.linalg, "inv", lambda a, **k: np.full_like(a, np.nan))
     with pytest.raises(ModelFitError, match="NaN"):
         EASERetriever().fit(data)
+
+
+def test_tuning_moves_a_weight_only_on_a_clear_gain() -> None:
+    from shelf.models.retrieval.tuning import clear_gain
+
+    old = np.zeros(40)
+    noisy = np.r_[np.ones(3), np.zeros(37)] * np.r_[1, -1, 1, np.ones(37)]  # +1/40 mean, SE ≈ mean
+    assert clear_gain(noisy, old) == 0.0
+    assert clear_gain(old + 0.1 + 0.01 * np.arange(40) % 2, old) > 0
+    assert clear_gain(old, old) == 0.0
+
+
+def test_sequential_rules_point_forward(data: Interactions) -> None:
+    from shelf.models.retrieval import SequentialRulesRetriever
+
+    model = SequentialRulesRetriever().fit(data)
+    a, b = model.rules_.nonzero()
+    assert len(a) and (model.rules_.sum(axis=1).A.ravel()[np.unique(a)] == pytest.approx(1.0, rel=1e-5))
+    assert len(model.retrieve(Query(session_items=(str(data.items.ids[a[0]]),)), 5)) >= 1

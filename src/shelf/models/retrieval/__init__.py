@@ -15,6 +15,7 @@ from shelf.models.retrieval.popularity import PopularityConfig, PopularityRetrie
 from shelf.models.retrieval.registry import RETRIEVERS, load_retriever, register, retriever_class
 from shelf.models.retrieval.repeat import RepeatConfig, RepeatRetriever
 from shelf.models.retrieval.sasrec import SASRec, SASRecConfig
+from shelf.models.retrieval.sequential import SequentialRulesConfig, SequentialRulesRetriever
 
 __all__ = [
     "RETRIEVERS",
@@ -40,6 +41,8 @@ __all__ = [
     "RetrieverBase",
     "SASRec",
     "SASRecConfig",
+    "SequentialRulesConfig",
+    "SequentialRulesRetriever",
     "default_blend",
     "load_retriever",
     "register",

@@ -60,8 +60,10 @@ class BlendConfig:
             content without a catalogue) is left out and listed in ``skipped_sources_`` instead
             of failing the whole blend.
         tune: learn ``weights`` and ``session_weights`` in ``fit`` on the last
-            ``tune_holdout_share`` of the training events (see ``shelf.models.retrieval.tuning``);
-            the configured weights are the starting point. Costs a second fit of every source.
+            ``tune_holdout_share`` of the training events, plus up to two earlier windows when
+            that hold-out is small (see ``shelf.models.retrieval.tuning``); the configured weights
+            are the prior, left only on a gain larger than its standard error. Costs one to three
+            extra fits of every source.
             Tuning also picks the fusion (``rrf`` or ``score``) that does better on the hold-out;
             ``fusion`` is where it starts and what stays when tuning cannot run.
     """
@@ -453,10 +455,12 @@ def default_blend(seed: int = 0) -> BlendRetriever:
     from shelf.models.retrieval.ease import EASERetriever
     from shelf.models.retrieval.popularity import PopularityConfig, PopularityRetriever
     from shelf.models.retrieval.repeat import RepeatRetriever
+    from shelf.models.retrieval.sequential import SequentialRulesRetriever
 
     sources = {
         "repeat": RepeatRetriever(),
         "cooccurrence": CoOccurrenceRetriever(),
+        "sequential": SequentialRulesRetriever(),
         "als": ALSRetriever(ALSConfig(seed=seed)),
         "ease": EASERetriever(),
         "content": ContentRetriever(),
@@ -466,6 +470,9 @@ def default_blend(seed: int = 0) -> BlendRetriever:
         "popularity": PopularityRetriever(),
     }
     weights = {
-        "repeat": 1.0, "cooccurrence": 1.0, "als": 1.0, "ease": 1.0, "content": 0.3, "trending": 0.3, "popularity": 0.3,
+        "repeat": 1.0, "cooccurrence": 1.0, "sequential": 0.0, "als": 1.0, "ease": 1.0, "content": 0.3, "trending": 0.3, "popularity": 0.3,
     }
-    return BlendRetriever(sources, BlendConfig(weights=weights, tune=True))
+    # Next-item rules serve anonymous sessions; for shoppers with history they start off and
+    # enter only where tuning finds a clear gain.
+    session_weights = {**weights, "sequential": 1.0}
+    return BlendRetriever(sources, BlendConfig(weights=weights, session_weights=session_weights, tune=True))

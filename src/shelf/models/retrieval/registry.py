@@ -14,6 +14,7 @@ from shelf.models.retrieval.ease import EASERetriever
 from shelf.models.retrieval.popularity import PopularityRetriever
 from shelf.models.retrieval.repeat import RepeatRetriever
 from shelf.models.retrieval.sasrec import SASRec
+from shelf.models.retrieval.sequential import SequentialRulesRetriever
 
 RETRIEVERS: dict[str, type[Any]] = {
     cls.name: cls
@@ -26,6 +27,7 @@ RETRIEVERS: dict[str, type[Any]] = {
         ContentRetriever,
         BlendRetriever,
         SASRec,
+        SequentialRulesRetriever,
     )
 }
 

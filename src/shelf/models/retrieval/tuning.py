@@ -1,20 +1,30 @@
-"""Tuning a blend's source weights on a temporal hold-out cut of the *training* data.
+"""Tuning a blend's source weights on temporal hold-out cuts of the *training* data.
 
 The best weights differ a lot between shops (re-purchases dominate groceries, never happen for
 films; anonymous sessions dominate some sites), so a blend can learn them: fit copies of the
-sources on the earlier ``1 - holdout_share`` of the training events, ask them for the later
-part, and pick the weights by coordinate ascent on NDCG@10. Test data is never seen: this runs
-inside ``fit`` on whatever the caller trains on.
+sources on the events before a cut, ask them for the events just after it, and pick the weights
+by coordinate ascent on NDCG@10. Test data is never seen: this runs inside ``fit`` on whatever
+the caller trains on.
 
-Fusion contributions are linear in the weights, so each source is scored once and every weight
-setting is a weighted sum of precomputed matrices.
+Robustness, because a small shop's hold-out is a few dozen queries and its NDCG@10 swings by
+0.1 on one lucky weight:
+
+* rolling cuts: the latest ``holdout_share`` of the events is the first hold-out; while the
+  pooled hold-out has fewer than ``MIN_POOLED_QUERIES`` queries, earlier windows (each shifted
+  back by half a share, fitted on what came before them) are added, up to ``MAX_CUTS``;
+* a weight (or the fusion) only moves away from the configured one when the mean per-query gain
+  exceeds ``GAIN_STANDARD_ERRORS`` standard errors of the paired per-query differences, so with
+  few queries the configured weights (the prior) stay unless the evidence is strong.
+
+Fusion contributions are linear in the weights, so each source is scored once per cut and every
+weight setting is a weighted sum of precomputed matrices.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -29,6 +39,9 @@ if TYPE_CHECKING:
 FUSIONS = ("rrf", "score")
 WEIGHT_GRID = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 CELL_BUDGET = 20_000_000  # queries × items × sources held at once while tuning (float32: 80 MB)
+MAX_CUTS = 3  # hold-out windows at most (each one more fit of every source)
+MIN_POOLED_QUERIES = 300  # add earlier cuts while the pooled hold-out has fewer queries than this
+GAIN_STANDARD_ERRORS = 1.0  # a move must gain this many standard errors of the paired differences
 
 
 @dataclass(frozen=True)
@@ -43,6 +56,7 @@ class TuningReport:
     ndcg_tuned: dict[str, float]
     masked_seen: bool
     fusion: str = "rrf"
+    cuts: int = 1
 
 
 def subset(data: Interactions, mask: np.ndarray) -> Interactions:
@@ -58,165 +72,191 @@ def subset(data: Interactions, mask: np.ndarray) -> Interactions:
     )
 
 
-def ndcg10(scores: np.ndarray, relevant: list[np.ndarray]) -> float:
+def ndcg10_per_query(scores: np.ndarray, relevant: list[np.ndarray]) -> np.ndarray:
+    """NDCG@10 of each row of ``scores`` (queries × items) against its relevant item indices."""
     k = min(10, scores.shape[1])
     if not len(relevant) or k == 0:
-        return 0.0
+        return np.zeros(len(relevant), dtype=np.float64)
     part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
     order = np.argsort(-np.take_along_axis(scores, part, axis=1), axis=1, kind="stable")
     top = np.take_along_axis(part, order, axis=1)
     discount = 1.0 / np.log2(np.arange(2, k + 2))
-    total = 0.0
-    for row, rel in zip(top, relevant, strict=True):
+    out = np.empty(len(relevant), dtype=np.float64)
+    for q, (row, rel) in enumerate(zip(top, relevant, strict=True)):
         hits = np.isin(row, rel)
-        total += float(discount[hits].sum() / discount[: min(len(rel), k)].sum())
-    return total / len(relevant)
+        out[q] = discount[hits].sum() / discount[: min(len(rel), k)].sum()
+    return out
+
+
+def ndcg10(scores: np.ndarray, relevant: list[np.ndarray]) -> float:
+    values = ndcg10_per_query(scores, relevant)
+    return float(values.mean()) if len(values) else 0.0
+
+
+def clear_gain(new: np.ndarray, old: np.ndarray) -> float:
+    """Mean per-query gain of ``new`` over ``old`` when it exceeds ``GAIN_STANDARD_ERRORS``
+    standard errors of the paired differences, else 0."""
+    if len(new) == 0:
+        return 0.0
+    diff = new - old
+    gain = float(diff.mean())
+    se = float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else np.inf
+    return gain if gain > max(1e-6, GAIN_STANDARD_ERRORS * se) else 0.0
+
+
+@dataclass
+class _Stage:
+    """One stage's pooled hold-out queries over all cuts: contributions per fusion, fill order
+    and the relevant items of each query."""
+
+    contributions: dict[str, dict[str, list[np.ndarray]]] = field(default_factory=lambda: {f: {} for f in FUSIONS})
+    fill: list[np.ndarray] = field(default_factory=list)
+    relevant: list[np.ndarray] = field(default_factory=list)
+
+    def add(self, probe: Any, scores: Mapping[str, np.ndarray], fill: np.ndarray, relevant: list[np.ndarray]) -> None:
+        for name, values in scores.items():
+            for f in FUSIONS:
+                self.contributions[f].setdefault(name, []).append(probe.contribution_matrix(values, f).astype(np.float32))
+        self.fill.append(fill)
+        self.relevant += relevant
+
+    def result(self, fusion: str, start: Mapping[str, float]) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
+        n = len(self.relevant)
+        contributions = {}
+        for name, parts in self.contributions[fusion].items():
+            if sum(len(p) for p in parts) == n:  # a source skipped on some cut sits out tuning
+                contributions[name] = np.concatenate(parts)
+        return _coordinate_ascent(contributions, np.concatenate(self.fill), self.relevant, start)
 
 
 def _coordinate_ascent(
     contributions: Mapping[str, np.ndarray], fill: np.ndarray, relevant: list[np.ndarray], start: Mapping[str, float]
-) -> tuple[dict[str, float], float, float]:
+) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
+    """Weights from ``start``, per-query NDCG@10 at ``start`` and at the weights found.
+
+    Each pass tries every grid value of one source at a time and takes the best, but only when
+    its gain over the current weights is clear (see ``clear_gain``)."""
     names = list(contributions)
 
-    def objective(w: Mapping[str, float]) -> float:
+    def objective(w: Mapping[str, float]) -> np.ndarray:
         fused = np.zeros(fill.shape, dtype=np.float32)
         for name in names:
             if w[name] > 0:
                 fused += np.float32(w[name]) * contributions[name]
-        return ndcg10(np.where(fused > 0, fused + 2.0, fill), relevant)
+        return ndcg10_per_query(np.where(fused > 0, fused + 2.0, fill), relevant)
 
     weights = {n: float(start.get(n, 1.0)) for n in names}
     default = best = objective(weights)
     for _ in range(2):
         improved = False
         for name in names:
+            choice, choice_values, choice_gain = None, best, 0.0
             for g in WEIGHT_GRID:
                 trial = {**weights, name: g}
                 if g == weights[name] or not any(v > 0 for v in trial.values()):
                     continue
-                value = objective(trial)
-                if value > best + 1e-6:
-                    best, weights, improved = value, trial, True
+                values = objective(trial)
+                gain = clear_gain(values, best)
+                if gain > choice_gain:
+                    choice, choice_values, choice_gain = g, values, gain
+            if choice is not None:
+                weights, best, improved = {**weights, name: choice}, choice_values, True
         if not improved:
             break
     return weights, default, best
 
 
+def _cuts(data: Interactions, holdout_share: float) -> list[tuple[float, float]]:
+    """Hold-out windows as (start, end) timestamps, the latest first, each shifted back by half
+    a share; an empty window or an empty training side ends the list."""
+    out = []
+    ts = data.timestamp
+    for c in range(MAX_CUTS):
+        hi_q = 1.0 - c * holdout_share / 2
+        lo_q = hi_q - holdout_share
+        if lo_q <= 0:
+            break
+        lo = float(np.quantile(ts, lo_q))
+        hi = float(np.quantile(ts, hi_q)) if c else np.inf
+        if not ((ts < lo).any() and ((ts >= lo) & (ts < hi)).any()):
+            break
+        out.append((lo, hi))
+    return out
+
+
 def tune_weights(blend: BlendRetriever, data: Interactions, *, holdout_share: float = 0.2, seed: int = 0) -> TuningReport:
     """Learn ``weights`` (and ``session_weights`` when there are sessions) for ``blend``'s sources."""
-    from shelf.models.retrieval.blend import BlendRetriever
-
     if len(data) < 20:
         raise ModelFitError("blend weight tuning needs at least 20 events")
-    cut = np.quantile(data.timestamp, 1.0 - holdout_share)
-    early = data.timestamp < cut
-    if early.sum() == 0 or (~early).sum() == 0:
+    cuts = _cuts(data, holdout_share)
+    if not cuts:
         raise ModelFitError("blend weight tuning: all events share one timestamp; nothing to hold out")
-    inner = subset(data, early)
-    clones = {name: type(src)(src.config) for name, src in blend.sources.items()}
-    config = dataclasses.replace(blend.config, tune=False)
-    probe = BlendRetriever(clones, config).fit(inner)
-    sources = probe.active_sources
-    fallback = blend.config.fallback
     rng = np.random.default_rng(seed)
     n_items = data.n_items
-    max_queries = max(50, min(1000, CELL_BUDGET // max(1, n_items * len(sources))))
-    weights_pos = data.event_weights() > 0
-    late = ~early & weights_pos
+    max_queries = max(50, min(1000, CELL_BUDGET // max(1, n_items * len(blend.sources))))
+    positive = data.event_weights() > 0
 
-    # -- shoppers with history: their later items -------------------------------------------------
-    inner_seen = sp.csr_matrix(
-        (np.ones(int((early & (data.user >= 0)).sum()), np.float32), (data.user[early & (data.user >= 0)], data.item[early & (data.user >= 0)])),
-        shape=(data.n_users, n_items),
-    )
-    inner_seen.sum_duplicates()
-    with_history = np.asarray(inner_seen.getnnz(axis=1) > 0)
-    sel = late & (data.user >= 0)
-    if data.n_users:
-        sel &= with_history[np.maximum(data.user, 0)]
-    users_all = np.unique(data.user[sel])
-    users = np.sort(rng.choice(users_all, size=min(len(users_all), max_queries), replace=False)) if len(users_all) else users_all
-    relevant_users: list[np.ndarray] = []
+    # Whether shoppers come back to items at all is read off every window before any fitting:
+    # where they (almost) never do (films), only unseen items are ranked, as an offline evaluation
+    # of such a shop does; elsewhere repeats are targets too.
     repeat_pairs = total_pairs = 0
-    if len(users):
-        late_pairs = sp.csr_matrix((np.ones(int(sel.sum()), np.float32), (data.user[sel], data.item[sel])), shape=(data.n_users, n_items))
-        late_pairs.sum_duplicates()
-        late_pairs = late_pairs[users]
-        relevant_users = [late_pairs.indices[late_pairs.indptr[r] : late_pairs.indptr[r + 1]] for r in range(len(users))]
-        overlap = late_pairs.multiply(inner_seen[users])
-        repeat_pairs, total_pairs = overlap.nnz, late_pairs.nnz
-    # Where shoppers (almost) never come back to an item (films), rank only unseen items, as an
-    # offline evaluation of such a shop does; elsewhere repeats are targets too.
+    user_side = []
+    for lo, hi in cuts:
+        early = data.timestamp < lo
+        late = ~early & (data.timestamp < hi) & positive
+        seen = _pairs_matrix(data, early)
+        with_history = np.asarray(seen.getnnz(axis=1) > 0)
+        sel = late & (data.user >= 0)
+        if data.n_users:
+            sel &= with_history[np.maximum(data.user, 0)]
+        later = _pairs_matrix(data, sel)
+        repeat_pairs += later.multiply(seen).nnz
+        total_pairs += later.nnz
+        user_side.append((early, late, seen, sel))
     mask_seen = total_pairs > 0 and repeat_pairs / total_pairs < 0.05
-    weights = dict(blend.config.weights)
+
+    users_stage, sessions_stage = _Stage(), _Stage()
+    for early, late, inner_seen, sel in user_side:
+        pooled = len(users_stage.relevant) + len(sessions_stage.relevant)
+        if pooled >= MIN_POOLED_QUERIES:
+            break
+        budget = max(50, max_queries - pooled)  # queries × items held stays near CELL_BUDGET
+        probe = _fit_probe(blend, subset(data, early))
+        _add_user_queries(users_stage, probe, data, inner_seen, sel, mask_seen, rng, budget)
+        _add_session_queries(sessions_stage, probe, data, late & (data.session >= 0), rng, budget)
+
+    start_users = dict(blend.config.weights)
+    start_sessions = dict(blend.config.session_weights or blend.config.weights)
+    results: dict[str, dict[str, tuple[dict[str, float], np.ndarray, np.ndarray]]] = {}
+    for f in FUSIONS:
+        results[f] = {}
+        if users_stage.relevant:
+            results[f]["user"] = users_stage.result(f, start_users)
+        if sessions_stage.relevant:
+            results[f]["session"] = sessions_stage.result(f, start_sessions)
+
+    # One fusion serves both stages; another than the configured one only on a clear gain over
+    # all hold-out queries.
+    def pooled_values(f: str) -> np.ndarray:
+        return np.concatenate([results[f][s][2] for s in ("user", "session") if s in results[f]] or [np.zeros(0)])
+
+    fusion: str = blend.config.fusion
+    for f in FUSIONS:
+        if f != fusion and clear_gain(pooled_values(f), pooled_values(fusion)) > 0:
+            fusion = f
+    weights = dict(start_users)
+    session_weights: dict[str, float] | None = None
     report_default: dict[str, float] = {}
     report_tuned: dict[str, float] = {}
-    user_results: dict[str, tuple[dict[str, float], float, float]] = {}
-    if len(users):
-        seen_rows = inner_seen[users].toarray() > 0 if mask_seen else None
-        user_contributions: dict[str, dict[str, np.ndarray]] = {f: {} for f in FUSIONS}
-        fill = np.zeros((len(users), n_items), dtype=np.float32)
-        for name, src in sources.items():
-            scores = src.score_users(users)
-            if seen_rows is not None:
-                scores = np.where(seen_rows, -np.inf, scores).astype(np.float32)
-            if name == fallback:
-                fill = _fill(probe, scores)
-            for f in FUSIONS:
-                user_contributions[f][name] = probe.contribution_matrix(scores, f).astype(np.float32)
-        if seen_rows is not None:
-            fill = np.where(seen_rows, -np.inf, fill).astype(np.float32)
-        user_results = {f: _coordinate_ascent(user_contributions[f], fill, relevant_users, weights) for f in FUSIONS}
-
-    # -- anonymous sessions: the next item after a prefix ---------------------------------------
-    session_weights: dict[str, float] | None = None
-    queries: list[Query] = []
-    targets: list[np.ndarray] = []
-    sess_sel = late & (data.session >= 0)
-    if sess_sel.any():
-        order = np.lexsort((data.timestamp[sess_sel], data.session[sess_sel]))
-        s_ids, s_items = data.session[sess_sel][order], data.item[sess_sel][order]
-        bounds = np.flatnonzero(np.diff(np.concatenate([[-1], s_ids, [-2]])))
-        starts, ends = bounds[:-1], bounds[1:]
-        long_enough = np.flatnonzero(ends - starts >= 2)
-        picked = rng.choice(long_enough, size=min(len(long_enough), max_queries), replace=False) if len(long_enough) else []
-        for k in np.sort(np.asarray(picked, dtype=np.int64)):
-            seq = s_items[starts[k] : ends[k]]
-            cut_at = int(rng.integers(1, len(seq)))
-            queries.append(Query(session_items=tuple(str(i) for i in probe.item_ids_[seq[:cut_at]])))
-            targets.append(np.array([seq[cut_at]]))
-    session_results: dict[str, tuple[dict[str, float], float, float]] = {}
-    if queries:
-        session_contributions: dict[str, dict[str, np.ndarray]] = {f: {} for f in FUSIONS}
-        fill = np.zeros((len(queries), n_items), dtype=np.float32)
-        for name, src in sources.items():
-            scores = np.stack([src.score_query(q) for q in queries])
-            if name == fallback:
-                fill = _fill(probe, scores)
-            for f in FUSIONS:
-                session_contributions[f][name] = probe.contribution_matrix(scores, f).astype(np.float32)
-        start = dict(blend.config.session_weights or blend.config.weights)
-        session_results = {f: _coordinate_ascent(session_contributions[f], fill, targets, start) for f in FUSIONS}
-
-    # One fusion serves both stages: the one with the best query-weighted hold-out NDCG@10
-    # (ties keep the configured one).
-    def total(f: str) -> float:
-        value = 0.0
-        if f in user_results:
-            value += len(users) * user_results[f][2]
-        if f in session_results:
-            value += len(queries) * session_results[f][2]
-        return value
-
-    fusion = blend.config.fusion
-    for f in FUSIONS:
-        if total(f) > total(fusion) + 1e-9:
-            fusion = f
-    if fusion in user_results:
-        weights, report_default["user"], report_tuned["user"] = user_results[fusion]
-    if fusion in session_results:
-        session_weights, report_default["session"], report_tuned["session"] = session_results[fusion]
-    # Sources skipped on the inner cut keep their configured weight.
+    if "user" in results[fusion]:
+        w, before, after = results[fusion]["user"]
+        weights = {**weights, **w}
+        report_default["user"], report_tuned["user"] = float(before.mean()), float(after.mean())
+    if "session" in results[fusion]:
+        w, before, after = results[fusion]["session"]
+        session_weights = {**start_sessions, **w}
+        report_default["session"], report_tuned["session"] = float(before.mean()), float(after.mean())
+    # Sources skipped on a cut keep their configured weight.
     for name in blend.sources:
         weights.setdefault(name, float(blend.config.weights.get(name, 1.0)))
         if session_weights is not None:
@@ -224,13 +264,89 @@ def tune_weights(blend: BlendRetriever, data: Interactions, *, holdout_share: fl
     return TuningReport(
         weights=weights,
         session_weights=session_weights,
-        user_queries=len(users),
-        session_queries=len(queries),
+        user_queries=len(users_stage.relevant),
+        session_queries=len(sessions_stage.relevant),
         ndcg_default=report_default,
         ndcg_tuned=report_tuned,
         masked_seen=bool(mask_seen),
         fusion=fusion,
+        cuts=max(len(users_stage.fill), len(sessions_stage.fill)),
     )
+
+
+def _pairs_matrix(data: Interactions, mask: np.ndarray) -> sp.csr_matrix:
+    """users × items, 1 where a known user has an event under ``mask``."""
+    keep = mask & (data.user >= 0)
+    m = sp.csr_matrix((np.ones(int(keep.sum()), np.float32), (data.user[keep], data.item[keep])), shape=(data.n_users, data.n_items))
+    m.sum_duplicates()
+    m.data[:] = 1.0
+    return m
+
+
+def _fit_probe(blend: BlendRetriever, inner: Interactions) -> BlendRetriever:
+    from shelf.models.retrieval.blend import BlendRetriever
+
+    clones = {name: type(src)(src.config) for name, src in blend.sources.items()}
+    return BlendRetriever(clones, dataclasses.replace(blend.config, tune=False)).fit(inner)
+
+
+def _add_user_queries(
+    stage: _Stage, probe: BlendRetriever, data: Interactions, inner_seen: sp.csr_matrix, sel: np.ndarray,
+    mask_seen: bool, rng: np.random.Generator, max_queries: int,
+) -> None:
+    """Shoppers with history before the cut, asked for their items after it."""
+    users = np.unique(data.user[sel])
+    if not len(users):
+        return
+    users = np.sort(rng.choice(users, size=min(len(users), max_queries), replace=False))
+    late_pairs = _pairs_matrix(data, sel)[users]
+    relevant = [late_pairs.indices[late_pairs.indptr[r] : late_pairs.indptr[r + 1]] for r in range(len(users))]
+    seen_rows = inner_seen[users].toarray() > 0 if mask_seen else None
+    fallback = probe.config.fallback
+    fill = np.zeros((len(users), data.n_items), dtype=np.float32)
+    scores = {}
+    for name, src in probe.active_sources.items():
+        values = src.score_users(users)
+        if seen_rows is not None:
+            values = np.where(seen_rows, -np.inf, values).astype(np.float32)
+        if name == fallback:
+            fill = _fill(probe, values)
+        scores[name] = values
+    if seen_rows is not None:
+        fill = np.where(seen_rows, -np.inf, fill).astype(np.float32)
+    stage.add(probe, scores, fill, relevant)
+
+
+def _add_session_queries(
+    stage: _Stage, probe: BlendRetriever, data: Interactions, sel: np.ndarray, rng: np.random.Generator, max_queries: int
+) -> None:
+    """Anonymous sessions after the cut: a random prefix of each, asked for the next item."""
+    if not sel.any():
+        return
+    order = np.lexsort((data.timestamp[sel], data.session[sel]))
+    s_ids, s_items = data.session[sel][order], data.item[sel][order]
+    bounds = np.flatnonzero(np.diff(np.concatenate([[-1], s_ids, [-2]])))
+    starts, ends = bounds[:-1], bounds[1:]
+    long_enough = np.flatnonzero(ends - starts >= 2)
+    if not len(long_enough):
+        return
+    picked = np.sort(rng.choice(long_enough, size=min(len(long_enough), max_queries), replace=False))
+    queries: list[Query] = []
+    relevant: list[np.ndarray] = []
+    for k in picked:
+        seq = s_items[starts[k] : ends[k]]
+        cut_at = int(rng.integers(1, len(seq)))
+        queries.append(Query(session_items=tuple(str(i) for i in probe.item_ids_[seq[:cut_at]])))
+        relevant.append(np.array([seq[cut_at]]))
+    fallback = probe.config.fallback
+    fill = np.zeros((len(queries), data.n_items), dtype=np.float32)
+    scores = {}
+    for name, src in probe.active_sources.items():
+        values = np.stack([src.score_query(q) for q in queries])
+        if name == fallback:
+            fill = _fill(probe, values)
+        scores[name] = values
+    stage.add(probe, scores, fill, relevant)
 
 
 def _fill(probe: Any, scores: np.ndarray) -> np.ndarray:
