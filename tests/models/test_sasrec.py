@@ -179,3 +179,18 @@ def test_windows_cover_every_transition_once() -> None:
     assert pairs == {(i, i + 1) for i in range(1, 12)}
     assert inputs[0].tolist() == [8, 9, 10, 11]  # newest window first and full; older ones left-padded
     assert inputs[2].tolist() == [0, 1, 2, 3]
+
+
+def test_fast_dropout_keeps_expectation_and_seed() -> None:
+    import torch
+
+    from shelf.models.retrieval.sasrec import _dropout
+
+    x = torch.ones(200_000)
+    torch.manual_seed(0)
+    a = _dropout(x, 0.2, training=True)
+    assert abs(float((a == 0).float().mean()) - 51 / 256) < 0.005  # rate rounded to 1/256
+    assert abs(float(a.mean()) - 1.0) < 0.01  # kept values rescaled: expectation unchanged
+    torch.manual_seed(0)
+    assert torch.equal(a, _dropout(x, 0.2, training=True))
+    assert _dropout(x, 0.2, training=False) is x
