@@ -15,21 +15,31 @@ A whole ingest commits at once: it lands completely or not at all.
 
 from __future__ import annotations
 
+import queue
+import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import BinaryIO, Literal, Protocol, TypeVar
 
 import orjson
 import pyarrow as pa
 
 from shelf.errors import InputError
 from shelf.privacy import Pseudonymizer
-from shelf.schema import EventRules, RecordError, ValidatedBatch, validate_events, validate_items, validate_users
+from shelf.schema import (
+    EventRules,
+    RecordError,
+    ValidatedBatch,
+    validate_events,
+    validate_items,
+    validate_users,
+)
 
 Kind = Literal["events", "items", "users"]
+T = TypeVar("T")
 # How many reasons a report keeps in memory for printing; the rejects file has all of them.
 KEPT_ERRORS = 200
 
@@ -88,7 +98,7 @@ class _RejectsLog:
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in Path(source).name)[:80] or "input"
         self.path = home / "rejects" / f"{stamp}-{kind}-{safe}.jsonl"
-        self._handle = None
+        self._handle: BinaryIO | None = None
 
     def write(self, errors: Iterable[RecordError]) -> None:
         for error in errors:
@@ -126,6 +136,48 @@ def _validator(
     )
 
 
+def _read_ahead(batches: Iterable[T]) -> Iterator[T]:
+    """Yield ``batches`` while a thread reads the next one (one batch ahead, so memory stays flat).
+
+    Parsing (pyarrow) and validation (DuckDB) release the GIL, so reading the next batch overlaps
+    with checking and writing this one. The reader's exceptions surface here, in order.
+    """
+    ready: queue.Queue[tuple[str, object]] = queue.Queue(maxsize=1)
+    stop = threading.Event()
+
+    def hand_over(message: tuple[str, object]) -> bool:
+        while not stop.is_set():
+            try:
+                ready.put(message, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def read() -> None:
+        try:
+            for batch in batches:
+                if not hand_over(("batch", batch)):
+                    return
+            hand_over(("end", None))
+        except BaseException as exc:  # handed to the consumer, which raises it
+            hand_over(("error", exc))
+
+    reader = threading.Thread(target=read, name="shelf-ingest-reader", daemon=True)
+    reader.start()
+    try:
+        while True:
+            what, item = ready.get()
+            if what == "end":
+                return
+            if what == "error":
+                raise item  # type: ignore[misc]
+            yield item  # type: ignore[misc]
+    finally:
+        stop.set()  # a reader waiting to hand over a batch gives up within 0.1 s
+        reader.join()
+
+
 def ingest(
     lake: object,
     kind: Kind,
@@ -152,7 +204,7 @@ def ingest(
                 "items": writer.append_items,
                 "users": writer.append_users,
             }[kind]
-            for batch in batches:
+            for batch in _read_ahead(batches):
                 table, positions, problems = batch.table, batch.positions, batch.problems
                 report.unreadable += len(problems)
                 report.read += table.num_rows + len(problems)

@@ -8,13 +8,13 @@ usually has far fewer shoppers than events).
 from __future__ import annotations
 
 import hashlib
-import hmac
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 PSEUDONYM_PREFIX = "u_"
 _DIGEST_BYTES = 16  # 128 bits: collisions are out of reach for any shop's population
+_BLOCK_BYTES = 64  # SHA-256's block size, which HMAC pads the key to
 
 
 class Pseudonymizer:
@@ -23,19 +23,36 @@ class Pseudonymizer:
     def __init__(self, key: bytes) -> None:
         if not key:
             raise ValueError("the pseudonymization key must not be empty")
-        self._key = key
+        # HMAC (RFC 2104) with its two keyed SHA-256 states computed once: hashing an id then costs
+        # two state copies instead of a new HMAC object, which bulk ingest does ~1M times a file.
+        block = (hashlib.sha256(key).digest() if len(key) > _BLOCK_BYTES else key).ljust(_BLOCK_BYTES, b"\0")
+        self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in block))
+        self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in block))
 
     def one(self, raw_id: str) -> str:
-        digest = hmac.new(self._key, raw_id.encode("utf-8"), hashlib.sha256).digest()
-        return PSEUDONYM_PREFIX + digest[:_DIGEST_BYTES].hex()
+        inner = self._inner.copy()
+        inner.update(raw_id.encode("utf-8"))
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return PSEUDONYM_PREFIX + outer.digest()[:_DIGEST_BYTES].hex()
 
-    def array(self, raw_ids: pa.Array | pa.ChunkedArray) -> pa.Array:
-        """Pseudonymize a string array; nulls stay null."""
+    def array(self, raw_ids: pa.Array | pa.ChunkedArray, *, blank_is_null: bool = False) -> pa.Array:
+        """Pseudonymize a string array; nulls stay null, and so do empty ids with ``blank_is_null``."""
         if isinstance(raw_ids, pa.ChunkedArray):
             raw_ids = raw_ids.combine_chunks()
         if len(raw_ids) == 0:
             return pa.array([], type=pa.string())
         encoded = pc.dictionary_encode(raw_ids)
-        distinct = encoded.dictionary.to_pylist()
-        hashed = pa.array([self.one(value) for value in distinct], type=pa.string())
-        return pc.take(hashed, encoded.indices)
+        # The loop of one() inlined, on the ids' UTF-8 bytes as Arrow holds them (no str round trip).
+        inner, outer = self._inner.copy, self._outer.copy
+        hashed: list[str | None] = []
+        for value in encoded.dictionary.cast(pa.binary()).to_pylist():
+            if blank_is_null and not value:
+                hashed.append(None)
+                continue
+            digest = inner()
+            digest.update(value)
+            keyed = outer()
+            keyed.update(digest.digest())
+            hashed.append(PSEUDONYM_PREFIX + keyed.digest()[:_DIGEST_BYTES].hex())
+        return pc.take(pa.array(hashed, type=pa.string()), encoded.indices)

@@ -170,6 +170,10 @@ def _sql_str(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
+def _year_start(year: int) -> str:
+    return f"TIMESTAMPTZ '{year:04d}-01-01 00:00:00+00'"
+
+
 def _quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
@@ -255,7 +259,9 @@ class _Query:
         value = f"NULLIF({col}, '')"
         if required:
             self.check(f"{value} IS NULL", name, col, expected or f"a non-empty {name}")
-        self.check(f"length({value}) > {max_len}", name, col, f"at most {max_len} characters")
+        # strlen (bytes, stored with the string) bounds length (characters, a scan of the text):
+        # only strings over max_len bytes are counted.
+        self.check(f"strlen({value}) > {max_len} AND length({value}) > {max_len}", name, col, f"at most {max_len} characters")
         return value
 
     def number(self, name: str, *, min_value: float | None = None, integer: bool = False) -> str:
@@ -305,10 +311,15 @@ class _Query:
         if _is_textual(t):
             raw = f"NULLIF(trim({col}), '')"
             # Plain numbers are epoch times in the declared unit (epochs are UTC by definition).
-            epoch = f"regexp_full_match({raw}, '[0-9]+([.][0-9]*)?')"
+            # The regular expressions decide; the cheap tests in front only skip them where the
+            # answer is already known (a '-' is never in an epoch number; a trailing 'Z' is a zone).
+            epoch = f"CASE WHEN contains({raw}, '-') THEN false ELSE regexp_full_match({raw}, '[0-9]+([.][0-9]*)?') END"
             micros = _UNIT_TO_MICROS[unit]
             from_epoch = f"make_timestamptz(CAST(round(CAST({raw} AS DOUBLE) * {micros}) AS BIGINT))"
-            aware = f"({epoch} OR regexp_matches({raw}, '(Z|z|[+-][0-9]{{2}}(:?[0-9]{{2}})?|[ ]?(UTC|GMT))$'))"
+            aware = (
+                f"CASE WHEN suffix({raw}, 'Z') THEN true "
+                f"ELSE ({epoch} OR regexp_matches({raw}, '(Z|z|[+-][0-9]{{2}}(:?[0-9]{{2}})?|[ ]?(UTC|GMT))$')) END"
+            )
             parsed_aware = (
                 f"CASE WHEN {epoch} THEN CASE WHEN length({raw}) < 18 AND "
                 f"CAST({raw} AS DOUBLE) * {micros} < {_MAX_EPOCH_MICROS} THEN {from_epoch} END "
@@ -358,9 +369,11 @@ class _Query:
             if _is_textual(t)
             else ("true" if pa.types.is_integer(t) or pa.types.is_floating(t) else "false")
         )
+        # year() in the session zone (UTC), written as comparisons with the years' first instants:
+        # year() is a calendar computation per row. year(±infinity) is NULL, hence isfinite.
         out_of_range = (
-            f"(year({value}) > {MAX_TIMESTAMP_YEAR} OR year({value}) < "
-            f"CASE WHEN {is_epoch} THEN {MIN_TIMESTAMP_YEAR} ELSE {min_year} END)"
+            f"(isfinite({value}) AND ({value} >= {_year_start(MAX_TIMESTAMP_YEAR + 1)} OR {value} < "
+            f"CASE WHEN {is_epoch} THEN {_year_start(MIN_TIMESTAMP_YEAR)} ELSE {_year_start(min_year)} END))"
         )
         self.check(
             f"{value} IS NOT NULL AND {out_of_range}",
@@ -409,6 +422,9 @@ def _with_positions(raw: pa.Table, positions: pa.Array | Sequence[int] | None, f
 
 def _split(result: pa.Table, schema: pa.Schema, source: str) -> ValidatedBatch:
     error_counts = pc.list_value_length(result["__errors"])
+    if pc.max(error_counts).as_py() in (None, 0):
+        # The usual bulk case: every record passed, so nothing is copied by a filter.
+        return ValidatedBatch(valid=result.select(schema.names).cast(schema), errors=[], rejected_positions=[])
     ok = pc.equal(error_counts, 0)
     valid = result.filter(ok).select(schema.names)
     bad = result.filter(pc.invert(ok)).select(["__pos", "__errors"])
@@ -462,8 +478,8 @@ def validate_events(
         if name in table.column_names:
             _check_column_kind(name, table.schema.field(name).type, kind)
     if "user_id" in table.column_names:
-        users = pc.if_else(pc.equal(table["user_id"], ""), pa.scalar(None, pa.string()), table["user_id"])
-        table = table.set_column(table.column_names.index("user_id"), "user_id", pseudonymizer.array(users))
+        users = pseudonymizer.array(table["user_id"], blank_is_null=True)
+        table = table.set_column(table.column_names.index("user_id"), "user_id", users)
     table = _with_positions(table, positions, first_position)
 
     q = _Query(table)
@@ -597,8 +613,7 @@ def validate_users(
     if "user_id" not in table.column_names:
         raise InputError(f"required column 'user_id' is missing; columns present: {table.column_names}")
     ids = _prepare_id_column("user_id", table["user_id"])
-    ids = pc.if_else(pc.equal(ids, ""), pa.scalar(None, pa.string()), ids)
-    table = table.set_column(table.column_names.index("user_id"), "user_id", pseudonymizer.array(ids))
+    table = table.set_column(table.column_names.index("user_id"), "user_id", pseudonymizer.array(ids, blank_is_null=True))
     for name in ("age_band", "gender", "region"):
         if name in table.column_names:
             table = table.set_column(table.column_names.index(name), name, _prepare_text_column(name, table[name]))

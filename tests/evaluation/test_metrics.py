@@ -151,3 +151,74 @@ def test_public_api_is_exported() -> None:
 
     for name in ev.__all__:
         assert getattr(ev, name) is not None
+
+
+def _masked_top_k(scores: np.ndarray, excluded: sp.csr_matrix, k: int) -> np.ndarray:
+    masked = scores.copy()
+    masked[np.repeat(np.arange(scores.shape[0]), np.diff(excluded.indptr)), excluded.indices] = -np.inf
+    ref = np.argsort(-masked, axis=1, kind="stable")[:, :k]
+    return np.where(np.take_along_axis(masked, ref, 1) == -np.inf, -1, ref)
+
+
+def test_top_k_matches_stable_argsort_on_odd_shapes_and_minus_inf() -> None:
+    rng = np.random.default_rng(11)
+    for trial in range(200):
+        n, m = int(rng.integers(1, 12)), int(rng.integers(1, 2500))
+        k = int(rng.integers(1, m + 1))
+        scores = rng.standard_normal((n, m)).astype(np.float32 if trial % 2 else np.float64)
+        if trial % 3 == 1:
+            scores = np.round(scores, 1)
+        if trial % 5 == 2:
+            scores[rng.random((n, m)) < 0.5] = -np.inf
+        assert (M.top_k(scores, k) == _masked_top_k(scores, sp.csr_matrix((n, m)), k)).all(), (n, m, k)
+
+
+def test_drop_excluded_of_a_wider_top_k_equals_masking_the_scores() -> None:
+    rng = np.random.default_rng(5)
+    for trial in range(100):
+        n, m, k = int(rng.integers(1, 10)), int(rng.integers(20, 400)), int(rng.integers(1, 15))
+        scores = np.round(rng.standard_normal((n, m)), 1)
+        if trial % 4 == 3:
+            scores[rng.random((n, m)) < 0.3] = -np.inf
+        excluded = sp.csr_matrix((rng.random((n, m)) < 0.05).astype(np.float32))
+        width = min(m, k + int(np.diff(excluded.indptr).max(initial=0)))
+        # rows sliced out of a bigger matrix: the pointers start above zero
+        padded = sp.vstack([sp.csr_matrix(np.ones((2, m), dtype=np.float32)), excluded]).tocsr()
+        got = M.drop_excluded(M.top_k(scores, width), padded.indptr[2:], padded.indices, k)
+        assert (got == _masked_top_k(scores, excluded, k)).all(), trial
+
+
+def test_one_pass_views_equal_masked_rankings_for_light_and_heavy_users() -> None:
+    from shelf.evaluation.runner import _rank_views
+
+    rng = np.random.default_rng(2)
+    n, m, k = 40, 3000, 10
+    scores = np.round(rng.standard_normal((n, m)), 1).astype(np.float32)
+    seen = (rng.random((n, m)) < 0.003).astype(np.float32)
+    seen[3, rng.choice(m, 400, replace=False)] = 1  # heavy users: ranked again with a mask
+    seen[17, : m // 2] = 1
+    seen = sp.csr_matrix(seen)
+    before = scores.copy()
+    out = _rank_views(scores, seen.indptr, seen.indices, k, ("all", "new"))
+    assert (scores == before).all()  # the model's block is left as it was
+    masked = np.where(seen.toarray() > 0, -np.inf, scores)
+    assert (out["all"] == np.argsort(-scores, axis=1, kind="stable")[:, :k]).all()
+    assert (out["new"] == np.argsort(-masked, axis=1, kind="stable")[:, :k]).all()
+
+
+def test_scoring_ahead_gives_the_same_results_as_scoring_in_line(shop) -> None:
+    from datetime import timedelta
+
+    from shelf.evaluation.peers import ALSPeer, Popularity
+    from shelf.evaluation.runner import EvaluationOptions, evaluate
+    from shelf.evaluation.splits import TableSource, TemporalSplit
+
+    from .conftest import START
+
+    split = TemporalSplit(START + timedelta(days=45), timedelta(days=15))
+    results = [
+        evaluate(TableSource(*shop), split, {"als": ALSPeer, "popularity": Popularity}, ks=(5, 10), options=EvaluationOptions(batch_size=16, score_ahead=ahead))
+        for ahead in (False, True)
+    ]
+    rows = [[(r.model, r.view, r.k, r.metric, r.value, r.n_users) for r in result.rows] for result in results]
+    assert rows[0] == rows[1]

@@ -64,22 +64,39 @@ def top_k(scores: np.ndarray, k: int) -> np.ndarray:
         raise InvalidCutoffError(f"K={k} must be between 1 and the catalogue size {m}")
     if n == 0:
         return np.empty((0, k), dtype=np.int64)
+    scores = np.ascontiguousarray(scores)
     # Every item of the top K scores at least the K-th largest of any set of block maxima (K
     # blocks each hold an item at least that good), so only items at or above that bound are
-    # candidates: a few passes over the block instead of an argpartition of all of it.
-    n_blocks = min(m, 8 * k)
-    starts = np.unique(np.linspace(0, m, n_blocks, endpoint=False).astype(np.int64))
+    # candidates, and they lie in blocks whose maximum reaches it (about K of them). One pass
+    # over the block for the maxima, then only those blocks are read again. Equal-width blocks
+    # (the last one may be shorter) so the chosen ones can be gathered through a strided view.
+    width = max(8, m // (16 * k))
+    starts = np.arange(0, m, width)
     block_max = np.maximum.reduceat(scores, starts, axis=1)
     if np.isnan(block_max).any():
         raise ModelOutputError("the model returned NaN scores; NaN cannot be ranked")
-    if len(starts) > k:
-        bound = np.partition(block_max, len(starts) - k, axis=1)[:, len(starts) - k]
-        # flatnonzero is far faster than 2-D nonzero on a large boolean block.
-        flat = np.flatnonzero(scores >= bound[:, None])
+    n_blocks = len(starts)
+    if n_blocks > k:
+        bound = np.partition(block_max, n_blocks - k, axis=1)[:, n_blocks - k]
+        # flatnonzero is far faster than 2-D nonzero.
+        brow, bidx = np.divmod(np.flatnonzero(block_max >= bound[:, None]), n_blocks)
+        n_full = m // width
+        full = bidx < n_full
+        frow, fidx = brow[full], bidx[full]
+        blocks = np.lib.stride_tricks.as_strided(
+            scores, (n, n_full, width), (scores.strides[0], width * scores.itemsize, scores.itemsize), writeable=False
+        )
+        prow, pcol = np.divmod(np.flatnonzero(blocks[frow, fidx] >= bound[frow, None]), width)
+        rows, cols = frow[prow], fidx[prow] * width + pcol
+        if not full.all():
+            cut = n_full * width
+            trow = brow[~full]
+            tr, tc = np.divmod(np.flatnonzero(scores[trow, cut:] >= bound[trow, None]), m - cut)
+            rows, cols = np.concatenate([rows, trow[tr]]), np.concatenate([cols, cut + tc])
+        vals = scores[rows, cols]
     else:
-        flat = np.arange(n * m, dtype=np.int64)
-    rows, cols = np.divmod(flat, m)
-    vals = scores.reshape(-1)[flat] if scores.flags.c_contiguous else scores[rows, cols]
+        rows, cols = np.divmod(np.arange(n * m, dtype=np.int64), m)
+        vals = scores.reshape(-1)
     order = np.lexsort((cols, -vals, rows))
     rows, cols, vals = rows[order], cols[order], vals[order]
     counts = np.bincount(rows, minlength=n)
@@ -88,6 +105,40 @@ def top_k(scores: np.ndarray, k: int) -> np.ndarray:
     ranked = cols[keep].reshape(n, k).astype(np.int64)
     ranked[vals[keep].reshape(n, k) == -np.inf] = -1
     return ranked
+
+
+def drop_excluded(ranked: np.ndarray, indptr: np.ndarray, indices: np.ndarray, k: int) -> np.ndarray:
+    """Remove each row's excluded items from a ranking, keep the order, cut at ``k``, pad with ``-1``.
+
+    Parameters
+    ----------
+    ranked:
+        ``(n_users, width)`` item indices from :func:`top_k` (``-1`` = no recommendation).
+    indptr, indices:
+        CSR row pointers (``n_users + 1``, may start above 0) and item indices of the excluded items.
+    k:
+        Length of the returned lists.
+
+    Returns
+    -------
+    ``(n_users, k)`` int64 array. Equal to ``top_k`` of the scores with the excluded items set to
+    ``-inf`` whenever ``width >= k + (excluded items of the row)`` or the row holds its whole catalogue.
+    """
+    n, width = ranked.shape
+    counts = np.diff(indptr)
+    if width < k:
+        ranked = np.concatenate([ranked, np.full((n, k - width), -1, dtype=ranked.dtype)], axis=1)
+        width = k
+    # One key per (row, item); -1 padding maps to a key no excluded item has.
+    span = int(max(ranked.max(initial=-1), indices.max(initial=-1))) + 2
+    excluded = np.repeat(np.arange(n, dtype=np.int64), counts) * span + indices[indptr[0] : indptr[-1]]
+    keys = np.arange(n, dtype=np.int64)[:, None] * span + ranked
+    keep = (ranked >= 0) & ~np.isin(keys, excluded)
+    # A stable sort of "dropped" flags moves kept items to the front in their ranked order.
+    order = np.argsort(~keep, axis=1, kind="stable")[:, :k]
+    out = np.take_along_axis(ranked, order, axis=1).astype(np.int64)
+    out[~np.take_along_axis(keep, order, axis=1)] = -1
+    return out
 
 
 def gains_at(ranked: np.ndarray, relevance: sp.csr_matrix) -> np.ndarray:

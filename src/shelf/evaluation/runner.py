@@ -16,7 +16,8 @@ them, are scored one by one through ``retrieve`` and reported as their own view 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -24,6 +25,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import scipy.sparse as sp
+from threadpoolctl import threadpool_limits
 
 from shelf.evaluation import metrics as M
 from shelf.evaluation.errors import EmptySplitError, ModelOutputError, NoTestUsersError
@@ -52,7 +54,9 @@ BEYOND_METRICS: tuple[str, ...] = ("coverage", "exposure_gini", "novelty", "avg_
 class EvaluationOptions:
     """How the runner works; none of it changes what a metric means."""
 
-    batch_size: int = 128  # users (or session queries) per dense score block
+    batch_size: int = 64  # users (or session queries) per dense score block; 64 × 100k float32 stays in L3
+    score_ahead: bool = True  # a worker thread scores the next user block while this one is ranked
+    score_blas_threads: int | None = 1  # BLAS threads while users are scored ahead (None: leave as is)
     new_item_window: timedelta = timedelta(days=30)  # "new launch" = launched this long before the cut
     tune_metric: str = "ndcg"  # what Tuned peers maximise on the validation cut
     tune_k: int = 10
@@ -76,7 +80,8 @@ class ModelRun:
 
     name: str
     fit_s: float = 0.0
-    score_s: float = 0.0
+    score_s: float = 0.0  # inside the model's scoring calls (a worker thread when scoring ahead)
+    score_wait_s: float = 0.0  # the ranking waited this long for score blocks; equals score_s when not scoring ahead
     params: dict[str, Any] = field(default_factory=dict)
     per_user: dict[tuple[str, str, int], np.ndarray] = field(default_factory=dict)  # (view, metric, k)
     exposure: dict[tuple[str, int], np.ndarray] = field(default_factory=dict)
@@ -196,14 +201,31 @@ def _check_block(scores: Any, rows: int, n_items: int, model: str) -> np.ndarray
     return scores if scores.flags.writeable else scores.copy()
 
 
-def _top_k_without(scores: np.ndarray, rows: np.ndarray, cols: np.ndarray, k: int) -> np.ndarray:
-    """Top K with the given cells excluded; the block is restored afterwards (a model may share it)."""
-    kept = scores[rows, cols].copy()
-    scores[rows, cols] = -np.inf
-    try:
-        return M.top_k(scores, k)
-    finally:
-        scores[rows, cols] = kept
+def _rank_views(scores: np.ndarray, seen_indptr: np.ndarray, seen_indices: np.ndarray, k: int, views: Sequence[str]) -> dict[str, np.ndarray]:
+    """Top ``k`` per row for the ``all`` view and, without each row's seen items, the ``new`` view.
+
+    One ranking of the block serves both views: the top ``k + s`` of a row, ``s`` its number of
+    seen items, holds its top ``k`` unseen items in order. Rows with many seen items would make
+    that ranking wide for the whole block, so they are ranked again with their seen items masked.
+    """
+    if "new" not in views:
+        return {"all": M.top_k(scores, k)}
+    n_users, n_items = scores.shape
+    counts = np.diff(seen_indptr)
+    heavy = counts > max(2 * k, 16)
+    width = min(k + int(counts[~heavy].max(initial=0)), n_items)
+    wide = M.top_k(scores, width)
+    out = {"all": wide[:, :k]} if "all" in views else {}
+    new = M.drop_excluded(wide, seen_indptr, seen_indices, k)
+    if heavy.any():
+        rows = np.flatnonzero(heavy)
+        sub = scores[rows]  # a copy: the model's block stays untouched
+        lo = seen_indptr[0]
+        mask = sp.csr_matrix((np.ones(seen_indptr[-1] - lo, dtype=np.float32), seen_indices[lo : seen_indptr[-1]], seen_indptr - lo), shape=(n_users, n_items))[rows]
+        sub[np.repeat(np.arange(len(rows)), np.diff(mask.indptr)), mask.indices] = -np.inf
+        new[rows] = M.top_k(sub, k)
+    out["new"] = new
+    return out
 
 
 def ranked_from_scored(scored: Scored, items: IdIndex, k: int, model: str) -> np.ndarray:
@@ -219,6 +241,15 @@ def ranked_from_scored(scored: Scored, items: IdIndex, k: int, model: str) -> np
     out = np.full(k, -1, dtype=np.int64)
     out[: min(k, len(idx))] = idx[:k]
     return out
+
+
+_METRIC_ROWS = 8192  # ranked lists collected before metrics are computed on them in one call
+
+
+def _csr_rows(matrix: sp.csr_matrix, start: int, stop: int) -> sp.csr_matrix:
+    """Rows ``start:stop`` of a CSR matrix, sliced through its arrays (scipy's row slicing is slow)."""
+    lo, hi = matrix.indptr[start], matrix.indptr[stop]
+    return sp.csr_matrix((matrix.data[lo:hi].copy(), matrix.indices[lo:hi].copy(), matrix.indptr[start : stop + 1] - lo), shape=(stop - start, matrix.shape[1]))
 
 
 class _Accumulator:
@@ -316,6 +347,37 @@ def _user_task(split: UserSplit, target: Target, views: Sequence[str], notes: li
     return _UserTask(split, by_view, seen, target)
 
 
+def _score_blocks(score_users: Callable[[np.ndarray], Any], users: np.ndarray, opts: EvaluationOptions) -> Iterator[tuple[int, Any, float]]:
+    """``(first row, score block, seconds inside score_users)`` for each block of ``opts.batch_size`` users.
+
+    With ``opts.score_ahead`` the next block is scored in a worker thread while the caller ranks
+    this one: BLAS and numpy release the GIL, so scoring and ranking share the cores. BLAS is held
+    to ``opts.score_blas_threads`` meanwhile, as its own threads would fight the ranking for them.
+    """
+    starts = range(0, len(users), opts.batch_size)
+
+    def score(start: int) -> tuple[int, Any, float]:
+        started = time.perf_counter()
+        block = score_users(users[start : start + opts.batch_size])
+        return start, block, time.perf_counter() - started
+
+    if not opts.score_ahead or len(starts) < 2:
+        yield from map(score, starts)
+        return
+    limits = threadpool_limits(opts.score_blas_threads, "blas") if opts.score_blas_threads else None
+    try:
+        with ThreadPoolExecutor(1, thread_name_prefix="shelf-score") as pool:
+            ahead = pool.submit(score, starts[0])
+            for start in starts[1:]:
+                block = ahead.result()
+                ahead = pool.submit(score, start)
+                yield block
+            yield ahead.result()
+    finally:
+        if limits is not None:
+            limits.restore_original_limits()
+
+
 def _run_users(task: _UserTask, model: Retriever, name: str, ks: tuple[int, ...], views: Sequence[str], ctx: _ItemContext, opts: EvaluationOptions, *, fit: bool = True) -> ModelRun:
     split = task.split
     run = ModelRun(name)
@@ -331,21 +393,35 @@ def _run_users(task: _UserTask, model: Retriever, name: str, ks: tuple[int, ...]
     acc = _Accumulator(run, ks, split.train.n_items, ctx)
     kmax = max(ks)
     n = len(split.test_users)
-    for start in range(0, n, opts.batch_size):
-        users = split.test_users[start : start + opts.batch_size]
-        started = time.perf_counter()
-        scores = _check_block(score_users(users), len(users), split.train.n_items, name)
-        run.score_s += time.perf_counter() - started
-        rows = slice(start, start + len(users))
+    seen = task.seen
+    pending: dict[str, list[np.ndarray]] = {v: [] for v in views}
+    done = 0  # users whose ranked lists went to the accumulator
+
+    def flush(stop: int) -> None:
+        # Metrics for many blocks at once: their per-call cost is mostly fixed overhead.
+        nonlocal done
+        for view, parts in pending.items():
+            if parts:
+                acc.add(view, np.concatenate(parts), _csr_rows(task.relevance[view], done, stop))
+                parts.clear()
+        done = stop
+
+    waited = time.perf_counter()
+    for start, scores, seconds in _score_blocks(score_users, split.test_users, opts):
+        run.score_wait_s += time.perf_counter() - waited
+        stop = start + len(scores)
+        run.score_s += seconds
+        scores = _check_block(scores, min(opts.batch_size, n - start), split.train.n_items, name)
         if run.probabilities is not None:
-            rel = task.relevance["all"][rows]
+            rel = _csr_rows(task.relevance["all"], start, stop)
             ok = np.diff(rel.indptr) > 0
             run.probabilities.add(scores[ok].ravel(), (rel[ok].toarray() > 0).ravel())
-        if "all" in views:
-            acc.add("all", M.top_k(scores, kmax), task.relevance["all"][rows])
-        if "new" in views:
-            seen = task.seen[rows]
-            acc.add("new", _top_k_without(scores, np.repeat(np.arange(len(users)), np.diff(seen.indptr)), seen.indices, kmax), task.relevance["new"][rows])
+        for view, ranked in _rank_views(scores, seen.indptr[start : stop + 1], seen.indices, kmax, views).items():
+            pending[view].append(ranked)
+        if stop - done >= _METRIC_ROWS:
+            flush(stop)
+        waited = time.perf_counter()
+    flush(n)
     if split.cold_users.size:
         _run_cold(task, model, name, ks, acc, run)
     acc.finish()
@@ -360,6 +436,7 @@ def _run_cold(task: _UserTask, model: Retriever, name: str, ks: tuple[int, ...],
     started = time.perf_counter()
     ranked = np.stack([ranked_from_scored(model.retrieve(Query(user_id=str(u)), kmax), split.train.items, kmax, name) for u in cold.ids.tolist()])
     run.score_s += time.perf_counter() - started
+    run.score_wait_s += time.perf_counter() - started
     acc.add("cold", ranked, relevance)
 
 
@@ -388,12 +465,14 @@ def _run_sessions(split: SessionSplit, model: Retriever, name: str, ks: tuple[in
         if batch_scores is not None:
             scores = _check_block(batch_scores(prefixes), b, n_items, name)
             run.score_s += time.perf_counter() - started
+            run.score_wait_s += time.perf_counter() - started
+            lengths = np.array([len(p) for p in prefixes], dtype=np.int64)
+            cols = np.concatenate(prefixes).astype(np.int64) if lengths.sum() else np.array([], dtype=np.int64)
+            ranked = _rank_views(scores, np.r_[0, np.cumsum(lengths)], cols, kmax, views)
             if "all" in views:
-                acc.add("all", M.top_k(scores, kmax), relevance)
+                acc.add("all", ranked["all"], relevance)
             if "new" in views:
-                lengths = np.array([len(p) for p in prefixes])
-                cols = np.concatenate(prefixes) if lengths.sum() else np.array([], dtype=np.int64)
-                acc.add("new", _top_k_without(scores, np.repeat(np.arange(b), lengths), cols, kmax), new_rel)
+                acc.add("new", ranked["new"], new_rel)
         else:
             all_rows, new_rows = [], []
             for q in range(start, stop):
@@ -404,6 +483,7 @@ def _run_sessions(split: SessionSplit, model: Retriever, name: str, ks: tuple[in
                 fresh = full[(full >= 0) & ~np.isin(full, split.prefixes[q])]
                 new_rows.append(np.r_[fresh, np.full(kmax, -1)][:kmax])
             run.score_s += time.perf_counter() - started
+            run.score_wait_s += time.perf_counter() - started
             if "all" in views:
                 acc.add("all", np.stack(all_rows), relevance)
             if "new" in views:

@@ -122,7 +122,7 @@ class LakeWriter:
             if added < rows:
                 keep = np.zeros(rows, dtype=bool)
                 keep[fresh] = True
-            self._write(self._select_sorted(table, EVENTS, keep), EVENTS)
+            self._write_sorted(table, EVENTS, keep)
             index.add_sorted(hi[fresh], lo[fresh])
         return self._record(EVENTS, AppendReport(added, rows - added))
 
@@ -255,6 +255,23 @@ class LakeWriter:
 
     # -- parts --------------------------------------------------------------------------------
 
+    def _write_sorted(self, table: pa.Table, spec: TableSpec, keep: np.ndarray | None) -> None:
+        """Queue the rows of ``table`` flagged in ``keep`` (all when None) as one part, sorted."""
+        first, *rest = spec.sort_columns
+        column = table[first]
+        if rest or first != spec.time_column or not pa.types.is_timestamp(column.type) or column.null_count:
+            self._write(self._select_sorted(table, spec, keep), spec)
+            return
+        # One timestamp key: a stable numpy sort of its int64 values here, and the take of every
+        # column in the writer thread, without a round trip of the batch through DuckDB.
+        times = column.cast(pa.int64()).to_numpy()
+        rows = None if keep is None else np.flatnonzero(keep)
+        order = np.argsort(times if rows is None else times[rows], kind="stable")
+        if rows is not None:
+            order = rows[order]
+        selected = table.select(spec.schema.names)
+        self._write(lambda: selected.take(order).cast(spec.schema), spec, (int(times[order[0]]), int(times[order[-1]])))
+
     def _select_sorted(self, table: pa.Table, spec: TableSpec, keep: np.ndarray | None) -> pa.Table:
         source = table if keep is None else table.append_column("__keep", pa.array(keep))
         where = "" if keep is None else "WHERE __keep"
@@ -270,19 +287,32 @@ class LakeWriter:
         self._sequence += 1
         return f"{spec.name}/v{self._base.version + 1:08d}-{self._session}-{self._sequence:05d}.parquet"
 
-    def _write(self, table: pa.Table, spec: TableSpec) -> None:
-        """Queue ``table`` as one part; waits for the previous part first (two batches at most)."""
+    def _write(
+        self,
+        table: pa.Table | Callable[[], pa.Table],
+        spec: TableSpec,
+        bounds: tuple[int | None, int | None] | None = None,
+    ) -> None:
+        """Queue ``table`` as one part; waits for the previous part first (two batches at most).
+
+        ``table`` may be a function that builds the part in the writer thread; ``bounds`` (min and
+        max of the time column in µs) must then be given.
+        """
         self._drain()
         relative = self._next_part_path(spec)
         final = self._dir / relative
         self._files += [temporary_name(final), final]
         options = self._options
-        low, high = _time_bounds(table, spec.time_column)
+        if bounds is None:
+            assert isinstance(table, pa.Table)
+            bounds = _time_bounds(table, spec.time_column)
+        low, high = bounds
 
         def write() -> None:
+            part = table() if callable(table) else table
             tmp = temporary_name(final)
             pq.write_table(
-                table,
+                part,
                 tmp,
                 compression=options.compression,
                 row_group_size=options.row_group_rows,
@@ -290,7 +320,7 @@ class LakeWriter:
             )
             fsync_file(tmp)
             os.replace(tmp, final)
-            self._new_parts[spec.name].append(Part(relative, table.num_rows, final.stat().st_size, low, high))
+            self._new_parts[spec.name].append(Part(relative, part.num_rows, final.stat().st_size, low, high))
 
         self._submit(write)
 
