@@ -93,7 +93,9 @@ def _child(argv: list[str]) -> None:
         from shelf.datasets.simulate import SimulationConfig, Simulator
 
         target = int(arg)
-        config = SimulationConfig.for_events(target, seed=1) if hasattr(SimulationConfig, "for_events") else SimulationConfig(seed=1)
+        # ~53 events per shopper over 30 days at the simulator's default rates (measured: 190k
+        # shoppers → 10.2M events), so the shop is sized to produce about `target` events.
+        config = SimulationConfig(users=max(1_000, target // 53), items=50_000, days=30, seed=1, categories=120, brands=400)
         produced = 0
         for chunk in Simulator(config).events():
             produced += chunk.num_rows

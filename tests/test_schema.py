@@ -108,3 +108,12 @@ def test_huge_epochs_are_refused_not_crashing(pseudo: Pseudonymizer) -> None:
     assert result.valid.num_rows == 0 and {e.field for e in result.errors} == {"timestamp"}
     numeric = pa.table({"item_id": ["a"], "type": ["view"], "timestamp": pa.array([9.3e12])})
     assert validate_events(numeric, pseudonymizer=pseudo).errors[0].field == "timestamp"
+
+
+def test_pseudonym_cache_is_bounded_and_consistent(dev_key: bytes) -> None:
+    small = Pseudonymizer(dev_key, cache_entries=2)
+    ids = pa.array(["a", "b", "c", "a", "c"])
+    first, second = small.array(ids), small.array(ids)
+    assert first.equals(second)
+    assert first.to_pylist() == [small.one(x) for x in ids.to_pylist()]
+    assert len(small._cache) == 2
