@@ -254,11 +254,12 @@ def _whole(table: Any) -> Iterator[Any]:
 
 
 def _chunks(tables: Iterable[Any]) -> Iterator[Any]:
+    import numpy as np
     import pyarrow as pa
 
     first = 1
     for table in tables:
-        positions = pa.array(range(first, first + table.num_rows), type=pa.int64())
+        positions = pa.array(np.arange(first, first + table.num_rows, dtype=np.int64))
         first += table.num_rows
         yield _Batch(table, positions, [])
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import duckdb
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -412,7 +413,7 @@ class _Query:
 
 def _with_positions(raw: pa.Table, positions: pa.Array | Sequence[int] | None, first_position: int) -> pa.Table:
     if positions is None:
-        positions = pa.array(range(first_position, first_position + raw.num_rows), type=pa.int64())
+        positions = pa.array(np.arange(first_position, first_position + raw.num_rows, dtype=np.int64))
     elif not isinstance(positions, pa.Array):
         positions = pa.array(positions, type=pa.int64())
     if len(positions) != raw.num_rows:
