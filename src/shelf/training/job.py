@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import asdict, is_dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import numpy as np
 import pyarrow.compute as pc
 
 from shelf.errors import ShelfError
@@ -19,6 +21,9 @@ from shelf.training.zoo import pick
 MODEL_FOLDER = "model"
 # Retrieval-only bundles carry no ranker features yet; the version says so explicitly.
 RETRIEVAL_ONLY_FEATURES = "none (retrieval only)"
+# Test users scored for the card's validation metrics at most (a seeded sample above it; the card
+# records how many were scored and how many there were).
+VALIDATION_USERS = 5_000
 
 
 class TrainingError(ShelfError):
@@ -40,9 +45,16 @@ def _validation_metrics(lake: Any, as_of: datetime | None, config: TrainConfig, 
     cut = events_end - window
     source = CappedSource(lake, as_of) if as_of is not None else lake
     try:
+        split = TemporalSplit(cut, window).build(source)
+        tested = len(split.test_users)
+        if tested > VALIDATION_USERS:
+            # The card's metrics are informational: a fixed-seed sample of the test users measures
+            # them well enough, and scoring every user of a large shop would cost minutes.
+            sample = np.random.default_rng(config.seed).choice(split.test_users, size=VALIDATION_USERS, replace=False)
+            split = dataclasses.replace(split, test_users=np.sort(sample))
         result = evaluate(
-            source,
-            TemporalSplit(cut, window),
+            None,
+            split,
             pick([config.model], seed=config.seed, tune=True),
             ks=config.ks,
             target=ANY_ENGAGEMENT,
@@ -50,7 +62,7 @@ def _validation_metrics(lake: Any, as_of: datetime | None, config: TrainConfig, 
         )
     except EvaluationError as error:
         return {"validation_unavailable": 1.0, "reason_" + type(error).__name__: 0.0}
-    metrics: dict[str, float] = {}
+    metrics: dict[str, float] = {"validation_users": float(len(split.test_users)), "validation_users_available": float(tested)}
     for view in ("all", "new"):
         for k in config.ks:
             for metric in ("ndcg", "recall", "hitrate"):

@@ -63,7 +63,8 @@ class BlendConfig:
             ``tune_holdout_share`` of the training events, plus up to two earlier windows when
             that hold-out is small (see ``shelf.models.retrieval.tuning``); the configured weights
             are the prior, left only on a gain larger than its standard error. Costs one to three
-            extra fits of every source.
+            extra fits of every source (one on catalogues above
+            ``tuning.DENSE_TUNING_ITEMS`` items, whose first window is large enough).
             Tuning also picks the fusion (``rrf`` or ``score``) that does better on the hold-out;
             ``fusion`` is where it starts and what stays when tuning cannot run.
     """
@@ -346,15 +347,22 @@ class BlendRetriever:
         is the weighted sum of these matrices over sources (linear in the weights, which is what
         makes weight tuning cheap).
         """
+        top, by_fusion = self.contribution_entries(scores, (fusion,))
         out = np.zeros(scores.shape, dtype=np.float64)
+        np.put_along_axis(out, top, by_fusion[fusion], axis=1)
+        return out
+
+    def contribution_entries(self, scores: np.ndarray, fusions: Sequence[str | None]) -> tuple[np.ndarray, dict[str | None, np.ndarray]]:
+        """The non-zero part of ``contribution_matrix`` for several fusions at once: each row's
+        candidate columns (queries × ``candidates_per_source``) and, per fusion, their
+        contributions there (0 where the source proposes nothing)."""
         top = top_indices_rows(scores, self.config.candidates_per_source)
         values = np.take_along_axis(scores, top, axis=1).astype(np.float64)
         finite = np.isfinite(values)
         row_min = np.min(np.where(finite, values, np.inf), axis=1, keepdims=True)
         row_min = np.where(np.isfinite(row_min), row_min, 0.0)  # a row with nothing proposed
-        c = self._contributions(top, np.where(finite, values, row_min), 1.0, fusion)
-        np.put_along_axis(out, top, np.where(finite, c, 0.0), axis=1)
-        return out
+        filled = np.where(finite, values, row_min)
+        return top, {f: np.where(finite, self._contributions(top, filled, 1.0, f), 0.0) for f in fusions}
 
     # -- fold-in --------------------------------------------------------------------------------
 

@@ -65,21 +65,27 @@ class CoOccurrenceConfig:
     event_weights: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_EVENT_WEIGHTS))
 
 
-def _pairs(
+def _pair_counts(
     group: np.ndarray,
     item: np.ndarray,
     ts: np.ndarray,
     w: np.ndarray,
     window: int,
     config: CoOccurrenceConfig,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(rows, cols, values) of the directed pairs within groups (events already filtered)."""
+    n_items: int,
+    scale: float = 1.0,
+) -> sp.csr_matrix:
+    """items × items summed weights of the directed pairs within groups (events already
+    filtered), times ``scale``.
+
+    Summed one distance at a time: holding every pair of a 10M-event log at once (16 bytes each,
+    twice over while concatenating) would take gigabytes; the running sum holds each distinct pair
+    once.
+    """
     order = np.lexsort((ts, group))
     g, it, t, ww = group[order], item[order], ts[order].astype(np.float64), w[order]
-    rows: list[np.ndarray] = []
-    cols: list[np.ndarray] = []
-    vals: list[np.ndarray] = []
     half_life = config.gap_half_life_minutes * MICROS_PER_MINUTE
+    total = sp.csr_matrix((n_items, n_items), dtype=np.float64)
     for d in range(1, window + 1):
         if len(g) <= d:
             break
@@ -89,28 +95,33 @@ def _pairs(
         a, b = it[:-d][same], it[d:][same]
         gap = (t[d:] - t[:-d])[same]
         value = np.sqrt(ww[:-d][same] * ww[d:][same]) * np.power(0.5, gap / half_life) / d
-        rows += [a, b]
-        cols += [b, a]
-        vals += [value * config.forward_weight, value * config.backward_weight]
-    if not rows:
-        empty = np.empty(0, dtype=np.int64)
-        return empty, empty, np.empty(0, dtype=np.float64)
-    return np.concatenate(rows), np.concatenate(cols), np.concatenate(vals)
+        values = np.concatenate([value * config.forward_weight, value * config.backward_weight])
+        if scale != 1.0:
+            values *= scale
+        step = sp.csr_matrix((values, (np.concatenate([a, b]), np.concatenate([b, a]))), shape=(n_items, n_items), dtype=np.float64)
+        step.sum_duplicates()
+        total = total + step
+    return sp.csr_matrix(total)
 
 
 def keep_top_per_row(m: sp.csr_matrix, k: int) -> sp.csr_matrix:
     """Keep the ``k`` largest entries of each row of a CSR matrix (ties by lower column)."""
     m = sp.csr_matrix(m)
-    m.sum_duplicates()
+    m.sum_duplicates()  # also sorts each row's columns, which the stable sort below keeps for ties
     counts = np.diff(m.indptr)
     if counts.size == 0 or counts.max() <= k:
         return m
-    row = np.repeat(np.arange(m.shape[0]), counts)
-    order = np.lexsort((m.indices, -m.data, row))
-    rank = np.arange(len(order)) - np.repeat(m.indptr[:-1], counts)
-    keep = order[rank < k]
+    # Only rows longer than k need ranking; the others are kept whole.
+    long_rows = np.flatnonzero(counts > k)
+    entry_row = np.repeat(np.arange(m.shape[0]), counts)
+    in_long = (counts > k)[entry_row]
+    long_entries = np.flatnonzero(in_long)
+    order = long_entries[np.lexsort((-m.data[long_entries], entry_row[long_entries]))]
+    long_counts = counts[long_rows]
+    rank = np.arange(len(order)) - np.repeat(np.cumsum(long_counts) - long_counts, long_counts)
+    keep = np.concatenate([np.flatnonzero(~in_long), order[rank < k]])
     keep.sort()
-    out = sp.csr_matrix((m.data[keep], (row[keep], m.indices[keep])), shape=m.shape, dtype=m.dtype)
+    out = sp.csr_matrix((m.data[keep], (entry_row[keep], m.indices[keep])), shape=m.shape, dtype=m.dtype)
     out.sort_indices()
     return out
 
@@ -142,19 +153,15 @@ class CoOccurrenceRetriever(RetrieverBase):
         c = self.config
         w = data.event_weights(c.event_weights).astype(np.float64)
         positive = w > 0
-        parts = []
+        n = data.n_items
+        counts = sp.csr_matrix((n, n), dtype=np.float64)
         if c.session_window:
             keep = positive & (data.session >= 0)
-            parts.append(_pairs(data.session[keep], data.item[keep], data.timestamp[keep], w[keep], c.session_window, c))
+            counts = counts + _pair_counts(data.session[keep], data.item[keep], data.timestamp[keep], w[keep], c.session_window, c, n)
         if c.user_window and c.user_weight > 0:
             keep = positive & (data.user >= 0)
-            r, cc, v = _pairs(data.user[keep], data.item[keep], data.timestamp[keep], w[keep], c.user_window, c)
-            parts.append((r, cc, v * c.user_weight))
-        rows = np.concatenate([p[0] for p in parts])
-        cols = np.concatenate([p[1] for p in parts])
-        vals = np.concatenate([p[2] for p in parts])
-        n = data.n_items
-        counts = sp.csr_matrix((vals, (rows, cols)), shape=(n, n), dtype=np.float64)
+            counts = counts + _pair_counts(data.user[keep], data.item[keep], data.timestamp[keep], w[keep], c.user_window, c, n, c.user_weight)
+        counts = sp.csr_matrix(counts)
         counts.sum_duplicates()
         popularity = np.bincount(data.item[positive], weights=w[positive], minlength=n)
         pop = np.maximum(popularity, 1e-9)

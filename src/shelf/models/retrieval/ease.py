@@ -77,9 +77,10 @@ class EASERetriever(RetrieverBase):
         order = np.lexsort((active, -users_per_item[active]))
         kept = np.sort(active[order[: self.config.max_items]])
         xk = sp.csr_matrix(x[:, kept], dtype=np.float32)
-        gram = (xk.T @ xk).toarray().astype(np.float32)
+        gram = _gram(xk)
         gram[np.diag_indices_from(gram)] += self.config.regularization
         try:
+            # SciPy spots the symmetric positive definite matrix and inverts it through Cholesky.
             p = scipy.linalg.inv(gram, overwrite_a=True, check_finite=False)
         except np.linalg.LinAlgError as e:  # pragma: no cover - λ > 0 keeps it invertible
             raise ModelFitError(f"EASERetriever: Gram matrix not invertible ({e}); raise regularization") from e
@@ -112,7 +113,8 @@ class EASERetriever(RetrieverBase):
             np.maximum.at(x, position[known], weights[known])
         if not x.any():
             return np.full(len(self.item_ids_), NEG_INF, dtype=np.float32)
-        return self._expand(x @ self.weights_)
+        nonzero = np.flatnonzero(x)  # a few rows of B instead of the whole N × N matrix per query
+        return self._expand(x[nonzero] @ self.weights_[nonzero])
 
     def _score_users(self, users: np.ndarray) -> np.ndarray:
         return self._expand(np.asarray(self.history_[users] @ self.weights_, dtype=np.float32))
@@ -134,3 +136,20 @@ class EASERetriever(RetrieverBase):
             (arrays["history.data"], arrays["history.indices"], arrays["history.indptr"]),
             shape=(len(self.user_ids_), len(self.kept_items_)),
         )
+
+
+GRAM_BLOCK = 1_024  # Gram columns computed at once: a sparse product this wide stays small
+
+
+def _gram(x: sp.csr_matrix) -> np.ndarray:
+    """Dense ``XᵀX`` (float32), a block of columns at a time: the sparse product of the whole
+    matrix would hold every non-zero of an almost dense N × N result (12 bytes each)."""
+    n = x.shape[1]
+    xt = sp.csr_matrix(x.T)
+    xc = sp.csc_matrix(x)
+    gram = np.empty((n, n), dtype=np.float32)
+    for start in range(0, n, GRAM_BLOCK):
+        stop = min(start + GRAM_BLOCK, n)
+        gram[:, start:stop] = (xt @ xc[:, start:stop]).toarray()
+    return gram
+

@@ -17,12 +17,18 @@ Robustness, because a small shop's hold-out is a few dozen queries and its NDCG@
   few queries the configured weights (the prior) stay unless the evidence is strong.
 
 Fusion contributions are linear in the weights, so each source is scored once per cut and every
-weight setting is a weighted sum of precomputed matrices.
+weight setting is a weighted sum of precomputed matrices. Up to ``DENSE_TUNING_ITEMS`` items those
+matrices are whole rows; above it, each row keeps only the columns that can reach its top 10 under
+any weights (every source's candidates plus the best fallback items outside them), which holds
+memory and time near ``candidates_per_source × sources`` per query instead of the catalogue size,
+and lets one hold-out window give ``LARGE_CATALOGUE_QUERIES`` queries (so one refit of the sources
+suffices where small catalogues need up to ``MAX_CUTS``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -38,10 +44,15 @@ if TYPE_CHECKING:
 
 FUSIONS = ("rrf", "score")
 WEIGHT_GRID = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
-CELL_BUDGET = 20_000_000  # queries × items × sources held at once while tuning (float32: 80 MB)
+CELL_BUDGET = 20_000_000  # small catalogues: queries × items × sources held at once (float32: 80 MB)
 MAX_CUTS = 3  # hold-out windows at most (each one more fit of every source)
 MIN_POOLED_QUERIES = 300  # add earlier cuts while the pooled hold-out has fewer queries than this
 GAIN_STANDARD_ERRORS = 1.0  # a move must gain this many standard errors of the paired differences
+# Above this many items, hold-out rows keep only their candidate columns (see the module docstring);
+# the public data sets (at most ~3,000 items) stay on whole rows.
+DENSE_TUNING_ITEMS = 5_000
+LARGE_CATALOGUE_QUERIES = 500  # queries per stage and cut on a large catalogue (>= MIN_POOLED_QUERIES)
+TOP_K = 10
 
 
 @dataclass(frozen=True)
@@ -72,20 +83,43 @@ def subset(data: Interactions, mask: np.ndarray) -> Interactions:
     )
 
 
-def ndcg10_per_query(scores: np.ndarray, relevant: list[np.ndarray]) -> np.ndarray:
-    """NDCG@10 of each row of ``scores`` (queries × items) against its relevant item indices."""
-    k = min(10, scores.shape[1])
+def ndcg10_per_query(scores: np.ndarray, relevant: list[np.ndarray], columns: np.ndarray | None = None) -> np.ndarray:
+    """NDCG@10 of each row of ``scores`` (queries × items) against its relevant item indices.
+
+    ``columns`` (same shape as ``scores``, -1 for padding) names the item of each column when
+    rows hold only some of the catalogue; None means column ``j`` is item ``j``.
+    """
+    k = min(TOP_K, scores.shape[1])
     if not len(relevant) or k == 0:
         return np.zeros(len(relevant), dtype=np.float64)
     part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
     order = np.argsort(-np.take_along_axis(scores, part, axis=1), axis=1, kind="stable")
     top = np.take_along_axis(part, order, axis=1)
+    if columns is not None:
+        top = np.take_along_axis(columns, top, axis=1)
     discount = 1.0 / np.log2(np.arange(2, k + 2))
-    out = np.empty(len(relevant), dtype=np.float64)
-    for q, (row, rel) in enumerate(zip(top, relevant, strict=True)):
-        hits = np.isin(row, rel)
-        out[q] = discount[hits].sum() / discount[: min(len(rel), k)].sum()
-    return out
+    # Hits as one sorted-key lookup over all queries (a per-query isin costs more than the ranking).
+    lengths = np.fromiter((len(r) for r in relevant), dtype=np.int64, count=len(relevant))
+    width = int(max(scores.shape[1], top.max(initial=0) + 1, max((int(r.max()) + 1 for r in relevant if len(r)), default=0)))
+    rows = np.repeat(np.arange(len(relevant), dtype=np.int64), lengths)
+    keys = np.unique(rows * width + np.concatenate(relevant).astype(np.int64)) if lengths.sum() else np.empty(0, np.int64)
+    wanted = np.arange(len(relevant), dtype=np.int64)[:, None] * width + top
+    position = np.minimum(np.searchsorted(keys, wanted), max(len(keys) - 1, 0))
+    hits = (top >= 0) & (keys[position] == wanted) if len(keys) else np.zeros(top.shape, dtype=bool)
+    # Sums looked up per hit pattern, each summed exactly as ``discount[hits].sum()`` would be.
+    ideal = np.array([discount[:m].sum() for m in range(k + 1)])[np.minimum(lengths, k)]
+    patterns = hits.astype(np.int64) @ (1 << np.arange(k, dtype=np.int64))
+    gained = _pattern_sums(k)[patterns]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return gained / ideal
+
+
+@functools.cache
+def _pattern_sums(k: int) -> np.ndarray:
+    """DCG of every hit pattern of a top ``k`` (bit ``j``: position ``j`` is a hit)."""
+    discount = 1.0 / np.log2(np.arange(2, k + 2))
+    bits = (np.arange(1 << k)[:, None] >> np.arange(k)) & 1
+    return np.array([discount[b.astype(bool)].sum() for b in bits])
 
 
 def ndcg10(scores: np.ndarray, relevant: list[np.ndarray]) -> float:
@@ -107,30 +141,92 @@ def clear_gain(new: np.ndarray, old: np.ndarray) -> float:
 @dataclass
 class _Stage:
     """One stage's pooled hold-out queries over all cuts: contributions per fusion, fill order
-    and the relevant items of each query."""
+    and the relevant items of each query.
 
+    With ``compact`` each row keeps only the columns that can reach its top 10 (``columns``
+    names their items, -1 pads); otherwise rows are whole and ``columns`` stays empty.
+    """
+
+    compact: bool = False
     contributions: dict[str, dict[str, list[np.ndarray]]] = field(default_factory=lambda: {f: {} for f in FUSIONS})
     fill: list[np.ndarray] = field(default_factory=list)
+    columns: list[np.ndarray] = field(default_factory=list)
     relevant: list[np.ndarray] = field(default_factory=list)
 
     def add(self, probe: Any, scores: Mapping[str, np.ndarray], fill: np.ndarray, relevant: list[np.ndarray]) -> None:
-        for name, values in scores.items():
+        if not self.compact:
+            for name, values in scores.items():
+                top, by_fusion = probe.contribution_entries(values, FUSIONS)
+                for f in FUSIONS:
+                    dense = np.zeros(values.shape, dtype=np.float64)
+                    np.put_along_axis(dense, top, by_fusion[f], axis=1)
+                    self.contributions[f].setdefault(name, []).append(dense.astype(np.float32))
+            self.fill.append(fill)
+            self.relevant += relevant
+            return
+        entries = {name: probe.contribution_entries(values, FUSIONS) for name, values in scores.items()}
+        proposed_any = np.zeros(fill.shape, dtype=bool)
+        for top, by_fusion in entries.values():
+            hit = np.zeros(fill.shape, dtype=bool)
+            np.put_along_axis(hit, top, by_fusion[FUSIONS[0]] != 0, axis=1)
+            proposed_any |= hit
+        columns = _candidate_columns(proposed_any, fill)
+        # Where each (row, item) of a source's candidates sits among the row's columns.
+        n_items = fill.shape[1]
+        keys = (np.arange(len(columns))[:, None] * (n_items + 1) + np.where(columns >= 0, columns, n_items)).ravel()
+        for name, (top, by_fusion) in entries.items():
+            nonzero = (by_fusion[FUSIONS[0]] != 0).ravel()
+            flat = np.searchsorted(keys, (np.arange(len(top))[:, None] * (n_items + 1) + top).ravel()[nonzero])
             for f in FUSIONS:
-                self.contributions[f].setdefault(name, []).append(probe.contribution_matrix(values, f).astype(np.float32))
-        self.fill.append(fill)
+                compact = np.zeros(columns.size, dtype=np.float32)
+                compact[flat] = by_fusion[f].ravel()[nonzero].astype(np.float32)
+                self.contributions[f].setdefault(name, []).append(compact.reshape(columns.shape))
+        valid = columns >= 0
+        self.fill.append(np.where(valid, np.take_along_axis(fill, np.maximum(columns, 0), axis=1), -np.inf).astype(np.float32))
+        self.columns.append(columns)
         self.relevant += relevant
 
     def result(self, fusion: str, start: Mapping[str, float]) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
         n = len(self.relevant)
+        width = max(p.shape[1] for p in self.fill)
         contributions = {}
         for name, parts in self.contributions[fusion].items():
             if sum(len(p) for p in parts) == n:  # a source skipped on some cut sits out tuning
-                contributions[name] = np.concatenate(parts)
-        return _coordinate_ascent(contributions, np.concatenate(self.fill), self.relevant, start)
+                contributions[name] = np.concatenate([_pad(p, width, 0.0) for p in parts])
+        fill = np.concatenate([_pad(p, width, -np.inf) for p in self.fill])
+        columns = np.concatenate([_pad(p, width, -1) for p in self.columns]) if self.compact else None
+        return _coordinate_ascent(contributions, fill, self.relevant, start, columns)
+
+
+def _pad(block: np.ndarray, width: int, value: float) -> np.ndarray:
+    """``block`` widened to ``width`` columns with ``value`` (compact rows of different cuts)."""
+    if block.shape[1] == width:
+        return block
+    return np.concatenate([block, np.full((len(block), width - block.shape[1]), value, dtype=block.dtype)], axis=1)
+
+
+def _candidate_columns(proposed: np.ndarray, fill: np.ndarray) -> np.ndarray:
+    """Per row, the items that can reach the top ``TOP_K`` under some weights, padded with -1.
+
+    Those are the items some source proposes (``proposed``; only they can be fused) plus the
+    ``TOP_K`` best-filled items outside them (the filler ranks below every fused item). Items keep
+    their catalogue order within a row.
+    """
+    keep = proposed.copy()
+    outside = np.where(proposed, -np.inf, fill)
+    k = min(TOP_K, fill.shape[1])
+    best_fill = np.argpartition(-outside, k - 1, axis=1)[:, :k]
+    np.put_along_axis(keep, best_fill, True, axis=1)
+    counts = keep.sum(axis=1)
+    rows, cols = np.nonzero(keep)
+    out = np.full((len(fill), int(counts.max(initial=0))), -1, dtype=np.int64)
+    out[rows, np.arange(len(rows)) - np.repeat(np.cumsum(counts) - counts, counts)] = cols
+    return out
 
 
 def _coordinate_ascent(
-    contributions: Mapping[str, np.ndarray], fill: np.ndarray, relevant: list[np.ndarray], start: Mapping[str, float]
+    contributions: Mapping[str, np.ndarray], fill: np.ndarray, relevant: list[np.ndarray], start: Mapping[str, float],
+    columns: np.ndarray | None = None,
 ) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
     """Weights from ``start``, per-query NDCG@10 at ``start`` and at the weights found.
 
@@ -143,7 +239,7 @@ def _coordinate_ascent(
         for name in names:
             if w[name] > 0:
                 fused += np.float32(w[name]) * contributions[name]
-        return ndcg10_per_query(np.where(fused > 0, fused + 2.0, fill), relevant)
+        return ndcg10_per_query(np.where(fused > 0, fused + 2.0, fill), relevant, columns)
 
     weights = {n: float(start.get(n, 1.0)) for n in names}
     default = best = objective(weights)
@@ -193,7 +289,11 @@ def tune_weights(blend: BlendRetriever, data: Interactions, *, holdout_share: fl
         raise ModelFitError("blend weight tuning: all events share one timestamp; nothing to hold out")
     rng = np.random.default_rng(seed)
     n_items = data.n_items
-    max_queries = max(50, min(1000, CELL_BUDGET // max(1, n_items * len(blend.sources))))
+    compact = n_items > DENSE_TUNING_ITEMS
+    if compact:
+        max_queries = LARGE_CATALOGUE_QUERIES
+    else:
+        max_queries = max(50, min(1000, CELL_BUDGET // max(1, n_items * len(blend.sources))))
     positive = data.event_weights() > 0
 
     # Whether shoppers come back to items at all is read off every window before any fitting:
@@ -215,12 +315,12 @@ def tune_weights(blend: BlendRetriever, data: Interactions, *, holdout_share: fl
         user_side.append((early, late, seen, sel))
     mask_seen = total_pairs > 0 and repeat_pairs / total_pairs < 0.05
 
-    users_stage, sessions_stage = _Stage(), _Stage()
+    users_stage, sessions_stage = _Stage(compact), _Stage(compact)
     for early, late, inner_seen, sel in user_side:
         pooled = len(users_stage.relevant) + len(sessions_stage.relevant)
         if pooled >= MIN_POOLED_QUERIES:
             break
-        budget = max(50, max_queries - pooled)  # queries × items held stays near CELL_BUDGET
+        budget = max(50, max_queries - pooled)  # small catalogues: queries × items held stays near CELL_BUDGET
         probe = _fit_probe(blend, subset(data, early))
         _add_user_queries(users_stage, probe, data, inner_seen, sel, mask_seen, rng, budget)
         _add_session_queries(sessions_stage, probe, data, late & (data.session >= 0), rng, budget)
