@@ -119,3 +119,10 @@ def test_pseudonym_cache_is_bounded_and_consistent(dev_key: bytes) -> None:
     assert small._known_ids is not None and len(small._known_ids) == 2
     blanks = Pseudonymizer(dev_key).array(pa.array(["", "a", None, ""]), blank_is_null=True)
     assert blanks.to_pylist() == [None, small.one("a"), None, None]
+
+
+def test_anonymous_only_batches_pseudonymize(dev_key: bytes) -> None:
+    pseudo = Pseudonymizer(dev_key)
+    assert pseudo.array(pa.array([None, None], type=pa.string())).to_pylist() == [None, None]
+    pseudo.array(pa.array(["a"]))
+    assert pseudo.array(pa.array([None], type=pa.string())).to_pylist() == [None]

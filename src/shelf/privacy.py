@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -59,7 +60,7 @@ class Pseudonymizer:
             missing = pc.is_null(position)
         else:
             known = pa.nulls(len(distinct), pa.string())
-            missing = pa.array([True] * len(distinct))
+            missing = pa.array(np.ones(len(distinct), dtype=bool))
         new_ids = distinct.filter(missing)
         inner, outer = self._inner.copy, self._outer.copy
         hashed: list[str | None] = []
