@@ -383,9 +383,9 @@ route under the same uvicorn settings, measured in the same run. Median of {args
 
 Open-loop latency is measured from each request's scheduled send time (no coordinated omission). Requests mix
 known users, sessions and anonymous visitors in equal thirds; in-process figures ask for 40 candidates (k=10 times
-`candidates_per_slot`) and exclude HTTP and reranking. Per-query cost is the model's: at 100k items the content
-source alone takes ~11 ms of a ~16 ms query (profiled: `ContentRetriever._scores_from_weights` computes
-`profile @ item_vectors_.T`, a CSR-to-CSC conversion of the whole catalogue on every query). When the open-loop
+`candidates_per_slot`) and exclude HTTP and reranking. Per-query cost is the model's: every source of the blend
+scores the whole catalogue densely for each query, which is linear in the catalogue (compare the 100k and 1M rows);
+candidate lists per source (ANN, precomputed neighbours) are the way to the targets. When the open-loop
 rate is above shelf's capacity (closed-loop figure), its open-loop latency includes queueing, as it should.
 """
     write_section("serving", "Serving: HTTP throughput and latency against a bare FastAPI hello, events, freshness", body, command_line())
