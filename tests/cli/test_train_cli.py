@@ -47,6 +47,16 @@ def test_train_promote_rollback_and_batch(shop: Path, tmp_path: Path) -> None:
         rows = list(csv.DictReader(handle))
     assert {r["user"] for r in rows} == {"user-1", "user-2", "somebody-new"}  # raw ids, not pseudonyms
     assert all(len([r for r in rows if r["user"] == u]) == 5 for u in ("user-1", "somebody-new"))
+    sessions = tmp_path / "sessions.csv"
+    sessions.write_text("session,item,type,ts\ns1,item-3,view,2024-01-02T10:00:00Z\ns1,item-7,add_to_cart,2024-01-02T10:01:00Z\n"
+                        "s2,item-11,view,2024-01-02T11:00:00Z\n")
+    session_out = tmp_path / "session-recs.csv"
+    result = shelf(shop, "recommend-batch", "--sessions", str(sessions), "--k", "4", "--out", str(session_out))
+    assert result.exit_code == 0, result.output
+    with session_out.open() as handle:
+        session_rows = list(csv.DictReader(handle))
+    assert [r["rank"] for r in session_rows if r["session"] == "s1"] == ["1", "2", "3", "4"]
+    assert {r["session"] for r in session_rows} == {"s1", "s2"}
 
 
 def test_train_as_of_records_the_snapshot(shop: Path) -> None:
