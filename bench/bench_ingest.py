@@ -11,6 +11,7 @@ the number of distinct events (16 bytes per event id).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -19,7 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -85,10 +86,8 @@ def _child(argv: list[str]) -> None:
     started = time.perf_counter()
     result: dict[str, float] = {}
     if mode == "ingest":
-        try:
+        with contextlib.suppress(SystemExit):
             cli(["--home", str(home), "ingest", "events", arg], standalone_mode=False)
-        except SystemExit:
-            pass
     elif mode == "simulate":
         from shelf.datasets.simulate import SimulationConfig, Simulator
 

@@ -513,10 +513,10 @@ def validate_events(
     )
     event_id = q.text("event_id", required=False, max_len=MAX_ID_LENGTH)
     derived = (
-        "'d_' || md5(concat_ws(chr(31), coalesce({u}, ''), coalesce({s}, ''), {i}, {t}, "
-        "CAST(epoch_us({ts}) AS VARCHAR), coalesce(CAST({v} AS VARCHAR), ''), "
-        "coalesce(CAST({p} AS VARCHAR), '')))"
-    ).format(u=user, s=session, i=item, t=etype, ts=ts, v=value, p=price)
+        f"'d_' || md5(concat_ws(chr(31), coalesce({user}, ''), coalesce({session}, ''), {item}, {etype}, "
+        f"CAST(epoch_us({ts}) AS VARCHAR), coalesce(CAST({value} AS VARCHAR), ''), "
+        f"coalesce(CAST({price} AS VARCHAR), '')))"
+    )
     select = [
         ("event_id", f"coalesce({event_id}, {derived})"),
         ("user_id", user),
