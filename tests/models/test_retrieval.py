@@ -260,3 +260,27 @@ def test_ease_gram_in_column_blocks_is_exact(data: Interactions, monkeypatch: py
     monkeypatch.setattr(ease_module, "GRAM_BLOCK", 3)
     x = data.matrix().astype(np.float32)
     np.testing.assert_array_equal(ease_module._gram(x), (x.T @ x).toarray())
+
+
+def test_content_refit_with_a_new_vocabulary_scores_against_the_new_vectors() -> None:
+    """A refit replaces the item vectors; the cached features×items matrix must follow."""
+    import pyarrow as pa
+
+    from shelf.models.base import Interactions, Query
+    from shelf.models.retrieval import ContentRetriever
+    from shelf.privacy import Pseudonymizer
+    from shelf.schema import validate_events, validate_items
+
+    events = validate_events(
+        pa.table({"user_id": ["u", "u"], "item_id": ["a", "b"], "type": ["view", "view"],
+                  "timestamp": ["2024-01-01T00:00:00Z", "2024-01-01T01:00:00Z"]}),
+        pseudonymizer=Pseudonymizer(b"test-key-0123456789abcdef"),
+    ).valid
+    few = validate_items(pa.table({"item_id": ["a", "b", "c"], "brand": ["x", "x", "y"]})).valid
+    many = validate_items(pa.table({"item_id": ["a", "b", "c"], "brand": ["x", "x", "y"], "category": ["k/l", "k/m", "n"],
+                                    "title": ["red shoe", "blue shoe", "hat"]})).valid
+    model = ContentRetriever()
+    user = events["user_id"][0].as_py()
+    model.fit(Interactions.from_events(events, item_table=few)).retrieve(Query(user_id=user), 2)
+    refitted = model.fit(Interactions.from_events(events, item_table=many))
+    assert len(refitted.retrieve(Query(user_id=user), 2)) >= 1

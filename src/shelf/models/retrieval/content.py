@@ -183,10 +183,11 @@ class ContentRetriever(RetrieverBase):
 
     def _features_by_item(self) -> sp.csr_matrix:
         """features × items, built once: transposing the item matrix per query cost ~10 ms at 100k items."""
-        cached = getattr(self, "_features_by_item_cache", None)
-        if cached is None or cached.shape[1] != self.item_vectors_.shape[0]:
+        # Keyed on the very matrix it was built from: a refit or a load replaces item_vectors_.
+        source, cached = getattr(self, "_features_by_item_cache", (None, None))
+        if source is not self.item_vectors_ or cached is None:
             cached = sp.csr_matrix(self.item_vectors_.T, dtype=np.float32)
-            self._features_by_item_cache = cached
+            self._features_by_item_cache = (self.item_vectors_, cached)
         return cached
 
     def _scores_from_weights(self, rows: sp.csr_matrix) -> np.ndarray:
