@@ -20,7 +20,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from shelf.models.base import DEFAULT_EVENT_WEIGHTS, Interactions, Query
-from shelf.models.io import ModelError, ModelFitError, check_finite
+from shelf.models.io import ModelError, ModelFitError, check_finite, pack_csr, unpack_csr
 from shelf.models.retrieval._base import (
     NEG_INF,
     RetrieverBase,
@@ -190,21 +190,15 @@ class ALSRetriever(RetrieverBase):
         return self._mask(self.user_factors_[users] @ self.item_factors_.T)
 
     def _state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        h = self.history_
         return {
             "user_factors": self.user_factors_,
             "item_factors": self.item_factors_,
             "trained_items": self.trained_items_,
-            "history.data": h.data,
-            "history.indices": h.indices,
-            "history.indptr": h.indptr,
+            **pack_csr("history", self.history_),
         }, {}
 
     def _set_state(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
         self.user_factors_ = arrays["user_factors"]
         self.item_factors_ = arrays["item_factors"]
         self.trained_items_ = arrays["trained_items"].astype(bool)
-        self.history_ = sp.csr_matrix(
-            (arrays["history.data"], arrays["history.indices"], arrays["history.indptr"]),
-            shape=(len(self.user_ids_), len(self.item_ids_)),
-        )
+        self.history_ = unpack_csr(arrays, "history")

@@ -19,7 +19,7 @@ import scipy.linalg
 import scipy.sparse as sp
 
 from shelf.models.base import DEFAULT_EVENT_WEIGHTS, Interactions, Query
-from shelf.models.io import ModelError, ModelFitError, check_finite
+from shelf.models.io import ModelError, ModelFitError, check_finite, pack_csr, unpack_csr
 from shelf.models.retrieval._base import (
     NEG_INF,
     RetrieverBase,
@@ -120,22 +120,16 @@ class EASERetriever(RetrieverBase):
         return self._expand(np.asarray(self.history_[users] @ self.weights_, dtype=np.float32))
 
     def _state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        h = self.history_
         return {
             "weights": self.weights_,
             "kept_items": self.kept_items_,
-            "history.data": h.data,
-            "history.indices": h.indices,
-            "history.indptr": h.indptr,
+            **pack_csr("history", self.history_),
         }, {}
 
     def _set_state(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
         self.weights_ = arrays["weights"]
         self.kept_items_ = arrays["kept_items"]
-        self.history_ = sp.csr_matrix(
-            (arrays["history.data"], arrays["history.indices"], arrays["history.indptr"]),
-            shape=(len(self.user_ids_), len(self.kept_items_)),
-        )
+        self.history_ = unpack_csr(arrays, "history")
 
 
 GRAM_BLOCK = 1_024  # Gram columns computed at once: a sparse product this wide stays small
