@@ -114,16 +114,21 @@ def save_bundle(
     return path
 
 
-def load_bundle(path: Path | str, *, kind: str | None = None) -> Bundle:
-    """Read a model folder written by ``save_bundle``; refuse anything doubtful with a clear error."""
-    path = Path(path)
+def _read_manifest(path: Path) -> tuple[Path, Any]:
+    """The parsed ``manifest.json`` of a model folder, or a clear ModelFormatError."""
     manifest_path = path / MANIFEST
     if not manifest_path.is_file():
         raise ModelFormatError(f"{path}: no {MANIFEST}; not a saved shelf model (or its save did not finish)")
     try:
-        manifest = json.loads(manifest_path.read_text())
+        return manifest_path, json.loads(manifest_path.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ModelFormatError(f"{manifest_path}: corrupted manifest ({e})") from e
+
+
+def load_bundle(path: Path | str, *, kind: str | None = None) -> Bundle:
+    """Read a model folder written by ``save_bundle``; refuse anything doubtful with a clear error."""
+    path = Path(path)
+    manifest_path, manifest = _read_manifest(path)
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
         raise ModelFormatError(f"{manifest_path}: not a shelf model manifest")
     version = manifest.get("format_version")
@@ -166,13 +171,7 @@ def read_kind(path: Path | str) -> str:
     Reads only the manifest, so models with their own weight formats (safetensors) are found too;
     the class's own ``load`` then checks everything else.
     """
-    manifest_path = Path(path) / MANIFEST
-    if not manifest_path.is_file():
-        raise ModelFormatError(f"{path}: no {MANIFEST}; not a saved shelf model (or its save did not finish)")
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ModelFormatError(f"{manifest_path}: corrupted manifest ({e})") from e
+    manifest_path, manifest = _read_manifest(Path(path))
     kind = manifest.get("kind") if isinstance(manifest, dict) else None
     if not isinstance(kind, str) or not kind:
         raise ModelFormatError(f"{manifest_path}: names no model kind")
