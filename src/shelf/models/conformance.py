@@ -25,6 +25,7 @@ import pyarrow as pa
 
 from shelf.models.base import Context, Interactions, Query, Scored
 from shelf.models.io import MANIFEST, ModelError, ModelFitError, ModelFormatError, NotFittedError
+from shelf.models.retrieval.scores import top_of
 from shelf.privacy import Pseudonymizer
 from shelf.schema import EVENT_SCHEMA, validate_events, validate_items, validate_users
 
@@ -284,6 +285,28 @@ def check_deterministic(case: RetrieverCase, data: Interactions, tmp: Path) -> N
         np.testing.assert_allclose(ra.scores, rb.scores, rtol=1e-5)
 
 
+def check_query_scores(case: RetrieverCase, data: Interactions, tmp: Path) -> None:
+    """A retriever's cheap per-query form (sparse, ranked) answers exactly as its dense vector."""
+    model = _fitted(case, data)
+    if not hasattr(model, "query_scores"):
+        return
+    rng = np.random.default_rng(0)
+    for query in sample_queries(data):
+        scores = model.query_scores(query)
+        dense = model.score_query(query)
+        np.testing.assert_array_equal(scores.dense(), dense, err_msg=f"{case}: dense() differs from score_query")
+        for n in (1, 5, data.n_items + 3):
+            top, values = scores.top(n)
+            expected = top_of(dense, n)
+            assert top.tolist() == expected.tolist(), f"{case}: top({n}) differs from the dense order for {query}"
+            np.testing.assert_array_equal(values, dense[expected])
+        idx = rng.integers(0, data.n_items, size=20)
+        np.testing.assert_array_equal(scores.at(idx), dense[idx], err_msg=f"{case}: at() differs from the dense vector")
+        finite = dense[np.isfinite(dense)]
+        expected_bounds = (float(finite.min()), float(finite.max())) if len(finite) else None
+        assert scores.bounds() == expected_bounds, f"{case}: bounds() {scores.bounds()} != {expected_bounds}"
+
+
 def check_not_fitted(case: RetrieverCase, data: Interactions, tmp: Path) -> None:
     model = case.factory()
     _expect(NotFittedError, lambda: model.retrieve(Query(), 5), f"{case}: retrieve before fit must raise NotFittedError")
@@ -321,6 +344,7 @@ CHECKS: tuple[Callable[[RetrieverCase, Interactions, Path], None], ...] = (
     check_save_load,
     check_refuses_bad_files,
     check_deterministic,
+    check_query_scores,
     check_not_fitted,
     check_bad_input,
 )

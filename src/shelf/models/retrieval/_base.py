@@ -25,6 +25,7 @@ from shelf.models.io import (
     load_bundle,
     save_bundle,
 )
+from shelf.models.retrieval.scores import DenseScores, QueryScores, top_of
 
 MICROS_PER_DAY = 86_400 * 1_000_000
 NEG_INF = np.float32(-np.inf)
@@ -35,17 +36,7 @@ def top_indices(scores: np.ndarray, n: int) -> np.ndarray:
 
     Deterministic: the result depends only on the values, never on the partition algorithm.
     """
-    if n <= 0:
-        return np.empty(0, dtype=np.int64)
-    finite = np.flatnonzero(np.isfinite(scores))
-    if len(finite) > n:
-        values = scores[finite]
-        kth = np.partition(values, len(values) - n)[len(values) - n]  # n-th largest value
-        above = finite[values > kth]
-        tied = finite[values == kth][: n - len(above)]
-        finite = np.concatenate([above, tied])
-    order = np.lexsort((finite, -scores[finite]))
-    return finite[order][:n]
+    return top_of(scores, n)
 
 
 def top_indices_rows(scores: np.ndarray, n: int) -> np.ndarray:
@@ -116,11 +107,16 @@ class RetrieverBase:
     def _score_query(self, query: Query) -> np.ndarray:
         raise NotImplementedError
 
+    def _query_scores(self, query: Query) -> QueryScores:
+        """Default: the dense ``_score_query``. Sources that propose few items override this with
+        a ``SparseScores`` (or a shared ``RankedScores``) so a request costs O(proposed items)."""
+        return DenseScores(np.asarray(self._score_query(query), dtype=np.float32))
+
     def _score_users(self, users: np.ndarray) -> np.ndarray:
-        """Default: one ``_score_query`` per user (subclasses vectorise)."""
+        """Default: one query per user (subclasses vectorise)."""
         out = np.empty((len(users), len(self.item_ids_)), dtype=np.float32)
         for row, u in enumerate(users):
-            out[row] = self._score_query(Query(user_id=str(self.user_ids_[u])))
+            out[row] = self.query_scores(Query(user_id=str(self.user_ids_[u]))).dense()
         return out
 
     def _state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
@@ -191,28 +187,36 @@ class RetrieverBase:
         self._fit(data)
         return self
 
-    def score_query(self, query: Query) -> np.ndarray:
-        """Dense float32 scores over ``self.items`` for one query; ``-inf`` where nothing is proposed.
+    def query_scores(self, query: Query) -> QueryScores:
+        """This query's scores in the cheapest form the retriever has (see ``scores``): ``top(n)``,
+        ``at(idx)``, ``dense()``; ``-inf`` (never NaN) where nothing is proposed.
 
         ``query.exclude`` is *not* applied here (``retrieve`` applies it), so that a blend can see
         every source's opinion of every item.
         """
         self._check_fitted()
-        scores = np.asarray(self._score_query(query), dtype=np.float32)
-        return np.where(np.isnan(scores), NEG_INF, scores)
+        found = self._query_scores(query)
+        if isinstance(found, DenseScores) and np.isnan(found.values).any():
+            return DenseScores(np.where(np.isnan(found.values), NEG_INF, found.values))
+        return found
+
+    def score_query(self, query: Query) -> np.ndarray:
+        """Dense float32 scores over ``self.items`` for one query (a fresh array the caller owns)."""
+        return np.array(self.query_scores(query).dense(), dtype=np.float32, copy=True)
 
     def retrieve(self, query: Query, n: int) -> Scored:
         """Up to ``n`` items, best first, raw ids, never an excluded item, never a duplicate."""
         if n < 0:
             raise ModelError(f"n must be >= 0, got {n}")
-        scores = self.score_query(query)
-        if query.exclude:
-            scores = scores.copy()
-            scores[self.item_indices(query.exclude)] = NEG_INF
-        top = top_indices(scores, n)
+        scores = self.query_scores(query)
+        banned = self.item_indices(query.exclude) if query.exclude else np.empty(0, dtype=np.int64)
+        top, values = scores.top(n + len(banned))
+        if len(banned):
+            keep = ~np.isin(top, banned)
+            top, values = top[keep][:n], values[keep][:n]
         return Scored(
             items=self.item_ids_[top],
-            scores=scores[top].astype(np.float32),
+            scores=values.astype(np.float32),
             sources=np.full(len(top), self.name, dtype=object),
         )
 

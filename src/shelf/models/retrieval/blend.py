@@ -38,7 +38,8 @@ from shelf.models.io import (
     load_bundle,
     save_bundle,
 )
-from shelf.models.retrieval._base import NEG_INF, check_positive, top_indices, top_indices_rows
+from shelf.models.retrieval._base import check_positive, top_indices, top_indices_rows
+from shelf.models.retrieval.scores import DenseScores, QueryScores
 
 Stage = Literal["user", "session", "context"]
 
@@ -236,68 +237,134 @@ class BlendRetriever:
         norm = (fb - lo) / (hi - lo) if hi > lo else np.zeros_like(fb)
         return np.where(finite, 1.0 + norm, 0.0) + base * 1e-3
 
-    def candidates(self, query: Query, n: int) -> Candidates:
-        """The blended top ``n`` with every source's raw score per item (for the ranking stage)."""
+    def candidates(self, query: Query, n: int, *, source_scores: bool = True) -> Candidates:
+        """The blended top ``n`` with every source's raw score per item (for the ranking stage).
+
+        Each source answers in its cheapest form (``QueryScores``: sparse for the sources that
+        propose few items, a shared ranking for popularity), so a request costs O(candidates),
+        not O(catalogue), unless a source is dense by nature (ALS, EASE, SASRec).
+        ``source_scores=False`` skips the sources that neither vote nor fill (weight 0) and
+        leaves ``Candidates.source_scores`` empty: what ``retrieve`` needs.
+        """
         if n < 0:
             raise ModelError(f"n must be >= 0, got {n}")
         self._check_fitted()
         stage = self.stage(query)
         weights = self.weights_for(stage)
-        size = len(self.item_ids_)
-        excluded = np.zeros(size, dtype=bool)
+        banned = np.empty(0, dtype=np.int64)
         if query.exclude:
-            idx = self.items_lookup(query.exclude)
-            excluded[idx[idx >= 0]] = True
-        raw: dict[str, np.ndarray] = {}
-        fused = np.zeros(size, dtype=np.float64)
-        best = np.full(size, -1, dtype=np.int64)
-        best_value = np.zeros(size, dtype=np.float64)
+            found = self.items_lookup(query.exclude)
+            banned = np.unique(found[found >= 0])
+        fallback = self.config.fallback
+        cps = self.config.candidates_per_source
         names = list(self.active_sources)
+        per: dict[str, QueryScores] = {}
+        idx_parts: list[np.ndarray] = []
+        contrib_parts: list[np.ndarray] = []
+        src_parts: list[np.ndarray] = []
         for s, name in enumerate(names):
-            scores = self.active_sources[name].score_query(query)
-            raw[name] = scores
-            w = weights.get(name, 0.0)
-            if w <= 0 or stage == "context":
+            votes = weights.get(name, 0.0) > 0 and stage != "context"
+            if not (votes or source_scores or name == fallback):
                 continue
-            masked = np.where(excluded, NEG_INF, scores)
-            top = top_indices(masked, self.config.candidates_per_source)
-            if len(top) == 0:
+            scores = _query_scores(self.active_sources[name], query)
+            per[name] = scores
+            if not votes:
                 continue
-            c = self._contributions(top, masked[top].astype(np.float64), w)
-            fused[top] += c
-            better = c > best_value[top]
-            best[top[better]] = s
-            best_value[top[better]] = c[better]
-        names_arr = np.array(names + ["catalogue"], dtype=object)
+            top, values = scores.top(cps + len(banned))
+            if len(banned):
+                keep = ~np.isin(top, banned)
+                top, values = top[keep][:cps], values[keep][:cps]
+            if not len(top):
+                continue
+            idx_parts.append(top)
+            contrib_parts.append(self._contributions(top, values.astype(np.float64), weights[name]))
+            src_parts.append(np.full(len(top), s, dtype=np.int64))
         seen = self._seen_items(query.user_id) if stage == "user" else np.empty(0, dtype=np.int64)
-        demoted = np.zeros(size, dtype=bool)
-        demoted[seen] = True
-        fused[demoted] = 0.0  # already-seen items only come back as the very last filler
-        chosen = top_indices(np.where((fused > 0) & ~excluded, fused, -np.inf), n)
-        scores_out = fused[chosen]
-        sources_out = names_arr[best[chosen]]
+        names_arr = np.array(names + ["catalogue"], dtype=object)
+        chosen, scores_out, sources_out = self._fuse(idx_parts, contrib_parts, src_parts, seen, n)
+        sources_out = names_arr[sources_out]
         if len(chosen) < n:
-            fill_score = self._fill_order(raw)
-            fill_score[demoted] -= 10.0
-            fill_score[excluded] = -np.inf
-            fill_score[chosen] = -np.inf
-            extra = top_indices(fill_score, n - len(chosen))
-            fallback = self.config.fallback
-            if fallback is not None and fallback in raw:
-                extra_src = np.where(np.isfinite(raw[fallback][extra]), fallback, "catalogue").astype(object)
+            extra, fill_values = self._fill(per.get(fallback) if fallback else None, n - len(chosen), np.union1d(banned, chosen), seen)
+            if fallback is not None and fallback in per:
+                extra_src = np.where(np.isfinite(per[fallback].at(extra)), fallback, "catalogue").astype(object)
             else:
                 extra_src = np.full(len(extra), "catalogue", dtype=object)
-            top_score = scores_out.min() if len(scores_out) else 0.0
-            # Filler ranks below every fused item, keeping the fallback's order.
-            extra_scores = top_score - 1.0 - np.arange(len(extra), dtype=np.float64) / max(len(extra), 1)
-            if len(scores_out) == 0:
-                extra_scores = fill_score[extra]
+            if len(scores_out):
+                # Filler ranks below every fused item, keeping the fallback's order.
+                extra_scores = scores_out.min() - 1.0 - np.arange(len(extra), dtype=np.float64) / max(len(extra), 1)
+            else:
+                extra_scores = fill_values
             chosen = np.concatenate([chosen, extra])
             scores_out = np.concatenate([scores_out, extra_scores])
             sources_out = np.concatenate([sources_out, extra_src])
         scored = Scored(self.item_ids_[chosen], scores_out.astype(np.float32), sources_out.astype(object))
-        per_source = {name: np.where(np.isfinite(v[chosen]), v[chosen], np.nan).astype(np.float32) for name, v in raw.items()}
+        per_source: dict[str, np.ndarray] = {}
+        if source_scores:
+            for name, scores in per.items():
+                values = scores.at(chosen)
+                per_source[name] = np.where(np.isfinite(values), values, np.nan).astype(np.float32)
         return Candidates(scored, per_source, stage)
+
+    @staticmethod
+    def _fuse(
+        idx_parts: list[np.ndarray], contrib_parts: list[np.ndarray], src_parts: list[np.ndarray], seen: np.ndarray, n: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Sum the sources' contributions per item; the best ``n`` (ties: lower index), each with
+        the source that contributed most (first source on ties). Seen items never win here."""
+        if not idx_parts:
+            return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float64), np.empty(0, dtype=np.int64)
+        idx_all = np.concatenate(idx_parts)
+        contrib_all = np.concatenate(contrib_parts)
+        src_all = np.concatenate(src_parts)
+        items, inverse = np.unique(idx_all, return_inverse=True)
+        # Summed in source order, as a dense accumulator would: identical floats, identical ties.
+        fused = np.bincount(inverse, weights=contrib_all, minlength=len(items))
+        order = np.lexsort((src_all, -contrib_all, inverse))
+        first = np.ones(len(order), dtype=bool)
+        first[1:] = inverse[order][1:] != inverse[order][:-1]
+        best = np.empty(len(items), dtype=np.int64)
+        best[inverse[order][first]] = src_all[order][first]
+        keep = fused > 0
+        if len(seen):
+            keep &= ~np.isin(items, seen)  # already-seen items only come back as the very last filler
+        items, fused, best = items[keep], fused[keep], best[keep]
+        pos = top_indices(fused, n)  # items ascend, so lower position = lower index on ties
+        return items[pos], fused[pos], best[pos]
+
+    def _fill(self, fallback: QueryScores | None, need: int, banned: np.ndarray, seen: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``need`` filler items in fill order (fallback's score, then catalogue order; seen items
+        last), never a banned one, and their fill values (see ``_fill_order``)."""
+        if fallback is not None:
+            # Sparse path: the fallback's own top list, long enough to survive the bans.
+            top, _ = fallback.top(need + len(banned) + len(seen))
+            top = top[~np.isin(top, banned)]
+            if len(seen):
+                top = top[~np.isin(top, seen)]
+            if len(top) >= need:
+                values = self._fill_values(fallback, top)
+                pos = np.argsort(-values, kind="stable")[:need]
+                return top[pos], values[pos]
+        # Dense path (small catalogues, or a fallback that proposes too few): the whole order.
+        raw = {self.config.fallback: fallback.dense()} if fallback is not None and self.config.fallback else {}
+        fill_score = self._fill_order(raw)
+        if len(seen):
+            fill_score[seen] -= 10.0
+        fill_score[banned] = -np.inf
+        extra = top_indices(fill_score, need)
+        return extra, fill_score[extra]
+
+    def _fill_values(self, fallback: QueryScores, idx: np.ndarray) -> np.ndarray:
+        """``_fill_order``'s values at ``idx`` without building the whole vector."""
+        size = len(self.item_ids_)
+        base = -idx.astype(np.float64) / max(size, 1)
+        bounds = fallback.bounds()
+        if bounds is None:
+            return base
+        lo, hi = bounds
+        fb = fallback.at(idx).astype(np.float64)
+        finite = np.isfinite(fb)
+        norm = (fb - lo) / (hi - lo) if hi > lo else np.zeros_like(fb)
+        return np.where(finite, 1.0 + norm, 0.0) + base * 1e-3
 
     def items_lookup(self, item_ids: Sequence[str] | frozenset[str]) -> np.ndarray:
         index = self.__dict__.get("_items_index")
@@ -309,7 +376,7 @@ class BlendRetriever:
 
     def retrieve(self, query: Query, n: int) -> Scored:
         """``n`` items (fewer only when the catalogue minus ``exclude`` is smaller)."""
-        return self.candidates(query, n).scored
+        return self.candidates(query, n, source_scores=False).scored
 
     def score_users(self, users: np.ndarray) -> np.ndarray:
         """Blended scores for training users: fused items > 0 > filler (in fallback order)."""
@@ -440,6 +507,13 @@ class BlendRetriever:
         blend.session_weights_ = None if sw is None else {k: float(v) for k, v in sw.items()}
         blend.tuning_report_ = None
         return blend
+
+
+def _query_scores(source: Any, query: Query) -> QueryScores:
+    """A source's scores for one query: its own cheapest form, or its dense vector."""
+    if hasattr(source, "query_scores"):
+        return source.query_scores(query)  # type: ignore[no-any-return]
+    return DenseScores(np.asarray(source.score_query(query), dtype=np.float32))
 
 
 def _seen_matrix(data: Interactions) -> sp.csr_matrix:

@@ -30,6 +30,7 @@ from shelf.models.retrieval._base import (
     positional_weights,
     top_indices,
 )
+from shelf.models.retrieval.scores import LinearScores, weighted_rows
 from shelf.schema import category_levels
 
 _TOKEN = re.compile(r"\w+", re.UNICODE)
@@ -181,33 +182,44 @@ class ContentRetriever(RetrieverBase):
         rows = sp.csr_matrix(rows.multiply(1.0 / np.maximum(totals, 1e-12)[:, None]))
         return rows @ self.item_vectors_
 
-    def _features_by_item(self) -> sp.csr_matrix:
-        """features × items, built once: transposing the item matrix per query cost ~10 ms at 100k items."""
+    def _features_by_item(self) -> tuple[sp.csr_matrix, np.ndarray]:
+        """features × items (the posting lists) and each feature's largest value, built once:
+        transposing the item matrix per query cost ~10 ms at 100k items."""
         # Keyed on the very matrix it was built from: a refit or a load replaces item_vectors_.
         source, cached = getattr(self, "_features_by_item_cache", (None, None))
         if source is not self.item_vectors_ or cached is None:
-            cached = sp.csr_matrix(self.item_vectors_.T, dtype=np.float32)
+            by_feature = sp.csr_matrix(self.item_vectors_.T, dtype=np.float32)
+            column_max = np.asarray(self.item_vectors_.max(axis=0).toarray()).ravel().astype(np.float64)
+            cached = (by_feature, column_max)
             self._features_by_item_cache = (self.item_vectors_, cached)
         return cached
 
     def _scores_from_weights(self, rows: sp.csr_matrix) -> np.ndarray:
         profile = sp.csr_matrix(self._profile_rows(rows), dtype=np.float32)
-        scores = (profile @ self._features_by_item()).toarray()
+        scores = (profile @ self._features_by_item()[0]).toarray()
         return np.where(scores > 0, scores, NEG_INF).astype(np.float32)
 
-    def _score_query(self, query: Query) -> np.ndarray:
-        n = len(self.item_ids_)
-        row = sp.csr_matrix((1, n), dtype=np.float32)
+    def _query_scores(self, query: Query) -> LinearScores:
+        # The profile: the weighted mean of the vectors of the shopper's items (history, then the
+        # session's items weighted like the whole history), gathered row by row.
         u = self.user_index(query.user_id)
+        items, weights = [], []
+        history_total = 0.0
         if u >= 0:
-            row = row + self.history_.getrow(u)
+            start, end = self.history_.indptr[u], self.history_.indptr[u + 1]
+            items.append(self.history_.indices[start:end].astype(np.int64))
+            weights.append(self.history_.data[start:end].astype(np.float64))
+            history_total = float(weights[-1].sum())
         session = self._session_indices(query)
         if len(session):
-            w = positional_weights(len(session), self.config.session_half_life) * max(float(row.sum()), 1.0)
-            row = row + sp.csr_matrix((w, (np.zeros(len(session), dtype=np.int64), session)), shape=(1, n))
-        if row.nnz == 0:
-            return np.full(n, NEG_INF, dtype=np.float32)
-        return self._scores_from_weights(sp.csr_matrix(row))[0]
+            items.append(session.astype(np.int64))
+            weights.append(positional_weights(len(session), self.config.session_half_life).astype(np.float64) * max(history_total, 1.0))
+        by_feature, column_max = self._features_by_item()
+        if not items:
+            return LinearScores(self.item_vectors_, by_feature, column_max, np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32))
+        w = np.concatenate(weights)
+        features, values = weighted_rows(self.item_vectors_, np.concatenate(items), w / max(float(w.sum()), 1e-12))
+        return LinearScores(self.item_vectors_, by_feature, column_max, features, values)
 
     def _score_users(self, users: np.ndarray) -> np.ndarray:
         return self._scores_from_weights(self.history_[users])

@@ -30,6 +30,7 @@ from shelf.models.retrieval._base import (
     positional_weights,
     top_indices,
 )
+from shelf.models.retrieval.scores import SparseScores, weighted_rows
 
 MICROS_PER_MINUTE = 60_000_000
 
@@ -204,12 +205,13 @@ class CoOccurrenceRetriever(RetrieverBase):
             dtype=np.float32,
         )
 
-    def _score_query(self, query: Query) -> np.ndarray:
-        q = self._query_matrix(np.array([self.user_index(query.user_id)]), [self._session_indices(query)])
-        if q.nnz == 0:
-            return np.full(len(self.item_ids_), NEG_INF, dtype=np.float32)
-        scores = (q @ self.similarity_).toarray().ravel()
-        return np.where(scores > 0, scores, NEG_INF).astype(np.float32)
+    def _query_scores(self, query: Query) -> SparseScores:
+        # The query items' neighbour rows, weighted by recency and summed: O(query items x neighbours).
+        u = self.user_index(query.user_id)
+        history = self.recent_items_[self.recent_indptr_[u] : self.recent_indptr_[u + 1]] if u >= 0 else np.empty(0, dtype=np.int32)
+        seq = np.concatenate([history, self._session_indices(query)]).astype(np.int64)[-self.config.query_items :]
+        idx, values = weighted_rows(self.similarity_, seq, positional_weights(len(seq), self.config.query_half_life))
+        return SparseScores.from_positive(idx, values, len(self.item_ids_))
 
     def _score_users(self, users: np.ndarray) -> np.ndarray:
         scores = (self._query_matrix(users) @ self.similarity_).toarray()

@@ -15,6 +15,8 @@ passes, so scores computed at fit time stay valid at serving time.
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,8 +34,11 @@ from shelf.models.retrieval._base import (
     reference_time,
     time_decay,
 )
+from shelf.models.retrieval.scores import RankedScores
 
 SEGMENTS = ("region", "age_band", "time_of_day")
+RANKED_CACHE_BYTES = 256 << 20  # ranked segment vectors kept for serving (12 bytes per item each)
+_RANKED_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -179,6 +184,24 @@ class PopularityRetriever(RetrieverBase):
 
     def _score_query(self, query: Query) -> np.ndarray:
         return self._scores_for(self._segment_codes(query))
+
+    def _query_scores(self, query: Query) -> RankedScores:
+        # Requests share a handful of segments: rank each segment's vector once, then a request's
+        # top-n is a slice. Bounded by bytes; keyed on the fitted vector so a refit starts over.
+        key = tuple(sorted(self._segment_codes(query).items()))
+        owner, cache = self.__dict__.get("_ranked_cache", (None, None))
+        if owner is not self.global_ or cache is None:
+            cache = OrderedDict()
+            self.__dict__["_ranked_cache"] = (self.global_, cache)
+        found = cache.get(key)
+        if found is None:
+            found = RankedScores(self._scores_for(dict(key)))
+            entries = max(4, RANKED_CACHE_BYTES // max(12 * len(self.global_), 1))
+            with _RANKED_LOCK:  # serving threads share the cache
+                cache[key] = found
+                while len(cache) > entries:
+                    cache.popitem(last=False)
+        return found
 
     def _score_users(self, users: np.ndarray) -> np.ndarray:
         out = np.empty((len(users), len(self.item_ids_)), dtype=np.float32)

@@ -26,6 +26,7 @@ from shelf.models.retrieval._base import (
     positional_weights,
     time_decay,
 )
+from shelf.models.retrieval.scores import SparseScores
 
 
 @dataclass(frozen=True)
@@ -72,19 +73,19 @@ class RepeatRetriever(RetrieverBase):
         m.eliminate_zeros()
         self.history_ = m
 
-    def _session_vector(self, session: Sequence[int]) -> np.ndarray:
-        v = np.zeros(len(self.item_ids_), dtype=np.float32)
-        if len(session):
-            np.add.at(v, np.asarray(session), self.config.session_weight * positional_weights(len(session), self.config.session_half_life))
-        return v
-
-    def _score_query(self, query: Query) -> np.ndarray:
-        v = self._session_vector(self._session_indices(query))
+    def _query_scores(self, query: Query) -> SparseScores:
+        # O(history + session), not O(catalogue): only the shopper's own items get a score.
+        session = self._session_indices(query)
+        idx = [session]
+        weights = [self.config.session_weight * positional_weights(len(session), self.config.session_half_life)]
         u = self.user_index(query.user_id)
         if u >= 0:
-            row = self.history_.getrow(u)
-            v[row.indices] += row.data
-        return np.where(v > 0, v, NEG_INF).astype(np.float32)
+            start, end = self.history_.indptr[u], self.history_.indptr[u + 1]
+            idx.append(self.history_.indices[start:end])
+            weights.append(self.history_.data[start:end])
+        items, inverse = np.unique(np.concatenate(idx).astype(np.int64), return_inverse=True)
+        totals = np.bincount(inverse, weights=np.concatenate(weights).astype(np.float64), minlength=len(items))
+        return SparseScores.from_positive(items, totals, len(self.item_ids_))
 
     def _score_users(self, users: np.ndarray) -> np.ndarray:
         dense = self.history_[users].toarray()

@@ -1,0 +1,105 @@
+"""The blend's per-request path (sparse per-source lists) gives exactly what the dense definition
+gives: every source's whole-catalogue vector, fused, with the fallback filling up."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from shelf.models.base import Interactions, Query
+from shelf.models.conformance import make_interactions, sample_queries
+from shelf.models.retrieval import BlendConfig, BlendRetriever, default_blend
+from shelf.models.retrieval._base import NEG_INF, top_indices
+
+
+def dense_reference(blend: BlendRetriever, query: Query, n: int) -> list[str]:
+    """The blend as first written: dense vectors over the catalogue for every source."""
+    stage = blend.stage(query)
+    weights = blend.weights_for(stage)
+    size = len(blend.item_ids_)
+    excluded = np.zeros(size, dtype=bool)
+    if query.exclude:
+        idx = blend.items_lookup(query.exclude)
+        excluded[idx[idx >= 0]] = True
+    raw = {}
+    fused = np.zeros(size, dtype=np.float64)
+    for name, source in blend.active_sources.items():
+        scores = source.score_query(query)
+        raw[name] = scores
+        w = weights.get(name, 0.0)
+        if w <= 0 or stage == "context":
+            continue
+        masked = np.where(excluded, NEG_INF, scores)
+        top = top_indices(masked, blend.config.candidates_per_source)
+        if len(top):
+            fused[top] += blend._contributions(top, masked[top].astype(np.float64), w)
+    demoted = np.zeros(size, dtype=bool)
+    if stage == "user":
+        demoted[blend._seen_items(query.user_id)] = True
+    fused[demoted] = 0.0
+    chosen = top_indices(np.where((fused > 0) & ~excluded, fused, -np.inf), n)
+    if len(chosen) < n:
+        fill = blend._fill_order(raw)
+        fill[demoted] -= 10.0
+        fill[excluded] = -np.inf
+        fill[chosen] = -np.inf
+        chosen = np.concatenate([chosen, top_indices(fill, n - len(chosen))])
+    return blend.item_ids_[chosen].tolist()
+
+
+def queries(data: Interactions) -> list[Query]:
+    out = list(sample_queries(data))
+    items = [str(i) for i in data.items.ids]
+    users = [str(u) for u in data.users.ids]
+    out += [Query(user_id=u, exclude=frozenset(items[3:12])) for u in users[:6]]
+    out += [Query(session_items=tuple(items[5:8]), exclude=frozenset(items[:20]))]
+    return out
+
+
+@pytest.fixture(scope="module")
+def data() -> Interactions:
+    return make_interactions(seed=4)
+
+
+@pytest.mark.parametrize("fusion", ["rrf", "score"])
+@pytest.mark.parametrize("demote_seen", [False, True])
+def test_sparse_path_matches_dense_definition(data: Interactions, fusion: str, demote_seen: bool) -> None:
+    blend = default_blend(seed=2)
+    blend = BlendRetriever(blend.sources, BlendConfig(weights=blend.config.weights, session_weights=blend.config.session_weights, candidates_per_source=7))
+    blend.fit(data)
+    blend.fusion_ = fusion
+    blend.demote_seen_ = demote_seen
+    for query in queries(data):
+        for n in (3, 10, 25, data.n_items + 5):
+            got = blend.retrieve(query, n).items.tolist()
+            assert got == dense_reference(blend, query, n), f"{query} n={n}"
+            with_scores = blend.candidates(query, n)
+            assert with_scores.scored.items.tolist() == got
+            for name, values in with_scores.source_scores.items():
+                dense = blend.active_sources[name].score_query(query)[blend.items_lookup(got)]
+                np.testing.assert_array_equal(values, np.where(np.isfinite(dense), dense, np.nan).astype(np.float32))
+
+
+def test_retrieve_skips_sources_that_neither_vote_nor_fill(data: Interactions) -> None:
+    blend = default_blend(seed=2).fit(data)
+    query = Query(user_id=str(data.users.ids[0]))
+    full = blend.candidates(query, 10)
+    lean = blend.candidates(query, 10, source_scores=False)
+    assert lean.scored.items.tolist() == full.scored.items.tolist()
+    assert lean.source_scores == {}
+    assert set(full.source_scores) == set(blend.active_sources)
+
+
+def test_top_of_matches_a_full_sort_with_ties_infinities_and_nan() -> None:
+    from shelf.models.retrieval.scores import top_of
+
+    rng = np.random.default_rng(3)
+    for _ in range(200):
+        size = int(rng.integers(1, 40))
+        scores = rng.integers(0, 5, size=size).astype(np.float32)
+        scores[rng.random(size) < 0.2] = -np.inf
+        scores[rng.random(size) < 0.1] = np.nan
+        finite = np.flatnonzero(np.isfinite(scores))
+        expected = finite[np.lexsort((finite, -scores[finite]))]
+        for n in (1, 3, size, size + 2):
+            assert top_of(scores, n).tolist() == expected[:n].tolist()
