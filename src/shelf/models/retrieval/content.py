@@ -28,7 +28,6 @@ from shelf.models.retrieval._base import (
     check_positive,
     latest_rows,
     positional_weights,
-    top_indices,
 )
 from shelf.models.retrieval.scores import LinearScores, weighted_rows
 from shelf.schema import category_levels
@@ -230,13 +229,14 @@ class ContentRetriever(RetrieverBase):
         i = self.items.get(item_id)
         if i < 0:
             return Scored.empty()
-        scores = (self.item_vectors_ @ self.item_vectors_.getrow(i).T).toarray().ravel().astype(np.float32)
-        scores = np.where(scores > 0, scores, NEG_INF)
-        scores[i] = NEG_INF
-        if exclude:
-            scores[self.item_indices(exclude)] = NEG_INF
-        top = top_indices(scores, n)
-        return Scored(self.item_ids_[top], scores[top], np.full(len(top), self.name, dtype=object))
+        start, end = self.item_vectors_.indptr[i], self.item_vectors_.indptr[i + 1]
+        by_feature, column_max = self._features_by_item()
+        scores = LinearScores(self.item_vectors_, by_feature, column_max, self.item_vectors_.indices[start:end], self.item_vectors_.data[start:end])
+        banned = np.append(self.item_indices(exclude), i)
+        top, values = scores.top(n + len(banned))
+        keep = ~np.isin(top, banned)
+        top, values = top[keep][:n], values[keep][:n]
+        return Scored(self.item_ids_[top], values, np.full(len(top), self.name, dtype=object))
 
     def item_vector(self, item_ids: Sequence[str]) -> sp.csr_matrix:
         """The metadata vectors of items (rows of zeros for unknown ones), for the ranking stage."""

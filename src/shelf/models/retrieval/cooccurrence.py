@@ -28,7 +28,6 @@ from shelf.models.retrieval._base import (
     check_event_weights,
     check_positive,
     positional_weights,
-    top_indices,
 )
 from shelf.models.retrieval.scores import SparseScores, weighted_rows
 
@@ -223,14 +222,12 @@ class CoOccurrenceRetriever(RetrieverBase):
         i = self.items.get(item_id)
         if i < 0:
             return Scored.empty()
-        row = self.similarity_.getrow(i)
-        scores = np.full(len(self.item_ids_), NEG_INF, dtype=np.float32)
-        scores[row.indices] = row.data
-        scores[i] = NEG_INF
-        if exclude:
-            scores[self.item_indices(exclude)] = NEG_INF
-        top = top_indices(scores, n)
-        return Scored(self.item_ids_[top], scores[top], np.full(len(top), self.name, dtype=object))
+        start, end = self.similarity_.indptr[i], self.similarity_.indptr[i + 1]
+        banned = np.append(self.item_indices(exclude), i)
+        top, values = SparseScores.from_positive(self.similarity_.indices[start:end], self.similarity_.data[start:end], len(self.item_ids_)).top(n + len(banned))
+        keep = ~np.isin(top, banned)
+        top, values = top[keep][:n], values[keep][:n]
+        return Scored(self.item_ids_[top], values, np.full(len(top), self.name, dtype=object))
 
     def _state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         arrays = {"recent_indptr": self.recent_indptr_, "recent_items": self.recent_items_}
