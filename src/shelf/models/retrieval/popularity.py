@@ -37,7 +37,7 @@ from shelf.models.retrieval._base import (
 from shelf.models.retrieval.scores import RankedScores
 
 SEGMENTS = ("region", "age_band", "time_of_day")
-RANKED_CACHE_BYTES = 256 << 20  # ranked segment vectors kept for serving (12 bytes per item each)
+RANKED_CACHE_BYTES = 256 << 20  # segment vectors kept for serving (4 bytes per item each)
 _RANKED_LOCK = threading.Lock()
 
 
@@ -196,7 +196,7 @@ class PopularityRetriever(RetrieverBase):
         found = cache.get(key)
         if found is None:
             found = RankedScores(self._scores_for(dict(key)))
-            entries = max(4, RANKED_CACHE_BYTES // max(12 * len(self.global_), 1))
+            entries = max(4, RANKED_CACHE_BYTES // max(4 * len(self.global_), 1))
             with _RANKED_LOCK:  # serving threads share the cache
                 cache[key] = found
                 while len(cache) > entries:

@@ -9,7 +9,7 @@ retriever answers with one of:
 * :class:`DenseScores`: the dense vector (ALS, EASE, SASRec: every item gets a score);
 * :class:`SparseScores`: only the items with a finite score (repeat, co-occurrence, rules,
   content): O(proposed items);
-* :class:`RankedScores`: a dense vector whose order was computed once and is shared by many
+* :class:`RankedScores`: a dense vector whose ranking is computed once and shared by many
   requests (popularity per segment): top-n is a slice;
 * :class:`LinearScores`: a sparse profile times a sparse item matrix (content), whose top-n is
   found by max-score pruning over the features' posting lists.
@@ -21,6 +21,7 @@ parity is tested for every retriever.
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import numpy as np
@@ -150,24 +151,32 @@ class SparseScores:
 
 
 class RankedScores:
-    """A dense vector plus its full order (best first, ties to the lower index), computed once.
-
-    Build it once per distinct vector (e.g. per popularity segment) and share it across requests.
+    """A dense vector shared by many requests (popularity per segment), with its best items
+    ranked once: top-n is a slice of that ranking, grown (doubling) the first time a request
+    asks for more. Ranking only a prefix keeps a cache miss O(catalogue), not a full sort.
     """
 
-    __slots__ = ("_bounds", "order", "values")
+    __slots__ = ("_bounds", "_lock", "order", "values")
 
-    def __init__(self, values: np.ndarray) -> None:
+    def __init__(self, values: np.ndarray, prefix: int = 1024) -> None:
         self.values = np.asarray(values, dtype=np.float32)
-        finite = np.flatnonzero(np.isfinite(self.values))
-        self.order = finite[np.lexsort((finite, -self.values[finite]))]
-        self._bounds = (float(self.values[self.order[-1]]), float(self.values[self.order[0]])) if len(self.order) else None
+        self.order = top_of(self.values, prefix)
+        self._lock = threading.Lock()
+        finite = self.values[np.isfinite(self.values)]
+        self._bounds = (float(finite.min()), float(finite.max())) if len(finite) else None
 
     def __len__(self) -> int:
         return len(self.values)
 
     def top(self, n: int) -> tuple[np.ndarray, np.ndarray]:
-        idx = self.order[: max(n, 0)]
+        n = max(n, 0)
+        order = self.order
+        if n > len(order) and len(order) < len(self.values):
+            with self._lock:  # shared across serving threads: grow once
+                order = self.order
+                if n > len(order):
+                    order = self.order = top_of(self.values, max(n, 2 * len(order)))
+        idx = order[:n]
         return idx, self.values[idx]
 
     def at(self, idx: np.ndarray) -> np.ndarray:
