@@ -100,17 +100,33 @@ def save_bundle(
     arrays_path = path / ARRAYS
     with arrays_path.open("wb") as f:
         np.savez(f, **stored)
+    return write_manifest(path, kind=kind, config=config, meta=meta, data_file=ARRAYS, text=text)
+
+
+def write_manifest(
+    path: Path,
+    *,
+    kind: str,
+    config: Mapping[str, Any],
+    meta: Mapping[str, Any] | None,
+    data_file: str,
+    text: list[str] | None = None,
+) -> Path:
+    """Write ``manifest.json`` (last, atomically) for a folder whose data file is ``data_file``.
+
+    Models with their own weight format (SASRec's safetensors) write their file, then call this.
+    """
     manifest = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
         "kind": kind,
         "config": dict(config),
         "meta": dict(meta or {}),
-        "arrays": {"file": ARRAYS, "sha256": _sha256(arrays_path), "text": text},
+        "arrays": {"file": data_file, "sha256": _sha256(path / data_file), "text": list(text or [])},
     }
     tmp = path / (MANIFEST + ".tmp")
     tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True, allow_nan=False))
-    os.replace(tmp, manifest_path)
+    os.replace(tmp, path / MANIFEST)
     return path
 
 
@@ -125,8 +141,9 @@ def _read_manifest(path: Path) -> tuple[Path, Any]:
         raise ModelFormatError(f"{manifest_path}: corrupted manifest ({e})") from e
 
 
-def load_bundle(path: Path | str, *, kind: str | None = None) -> Bundle:
-    """Read a model folder written by ``save_bundle``; refuse anything doubtful with a clear error."""
+def read_manifest(path: Path | str, *, kind: str | None = None) -> tuple[dict[str, Any], Path]:
+    """The checked manifest of a model folder and the path of its data file, whose checksum is
+    verified: format, version (newer ones refused), kind, file present and intact."""
     path = Path(path)
     manifest_path, manifest = _read_manifest(path)
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
@@ -148,6 +165,14 @@ def load_bundle(path: Path | str, *, kind: str | None = None) -> Bundle:
         raise ModelFormatError(f"{arrays_path}: missing")
     if _sha256(arrays_path) != info.get("sha256"):
         raise ModelFormatError(f"{arrays_path}: checksum mismatch; the file is corrupted or was altered")
+    return manifest, arrays_path
+
+
+def load_bundle(path: Path | str, *, kind: str | None = None) -> Bundle:
+    """Read a model folder written by ``save_bundle``; refuse anything doubtful with a clear error."""
+    path = Path(path)
+    manifest, arrays_path = read_manifest(path, kind=kind)
+    info = manifest["arrays"]
     try:
         with np.load(arrays_path, allow_pickle=False) as npz:
             arrays = {name: npz[name] for name in npz.files}
@@ -156,12 +181,12 @@ def load_bundle(path: Path | str, *, kind: str | None = None) -> Bundle:
     for name in info.get("text", []):
         arrays[name] = arrays[name].astype(object)
     return Bundle(
-        kind=str(found_kind),
+        kind=str(manifest["kind"]),
         config=dict(manifest.get("config") or {}),
         arrays=arrays,
         meta=dict(manifest.get("meta") or {}),
         path=path,
-        format_version=version,
+        format_version=int(manifest["format_version"]),
     )
 
 

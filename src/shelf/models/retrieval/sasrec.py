@@ -26,7 +26,7 @@ Sequences: one per known user (their events in time order) and, when ``include_s
 per anonymous session. Consecutive repeats of the same item collapse into one. A sequence
 longer than ``max_len + 1`` is cut into windows of ``max_len`` next-item targets, from the end.
 
-Files (``save``/``load``): ``manifest.json`` (laid out like ``shelf.models.io`` manifests: format
+Files (``save``/``load``): ``manifest.json`` (written and checked by ``shelf.models.io``: format
 version, kind, config, item and user ids, and the SHA-256 of the weights file) and
 ``sasrec.safetensors`` (weights and the users' recent histories). No pickle anywhere.
 
@@ -38,8 +38,6 @@ a missing, corrupted or newer saved model ``ModelFormatError``.
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 import math
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields
@@ -54,13 +52,20 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from shelf.models.base import IdIndex, Interactions, Query, Scored
-from shelf.models.io import ModelError, ModelFitError, ModelFormatError, NotFittedError
+from shelf.models.io import (
+    FORMAT_VERSION,
+    MANIFEST,
+    ModelError,
+    ModelFitError,
+    ModelFormatError,
+    NotFittedError,
+    read_manifest,
+    write_manifest,
+)
 
 __all__ = ["FORMAT_VERSION", "SASRec", "SASRecConfig"]
 
-FORMAT_VERSION = 1
-_FORMAT_NAME = "shelf-model"
-_MANIFEST = "manifest.json"
+_MANIFEST = MANIFEST
 _WEIGHTS_FILE = "sasrec.safetensors"
 _PAD = 0  # internal item index 0 is padding; catalogue item i is internal index i + 1
 
@@ -600,48 +605,22 @@ class SASRec:
         folder.mkdir(parents=True, exist_ok=True)
         tensors = {f"net.{k}": v.detach().contiguous() for k, v in self.net_.state_dict().items()}
         tensors["history"] = torch.from_numpy(self.history_)
-        weights_path = folder / _WEIGHTS_FILE
-        save_file(tensors, str(weights_path))
-        manifest = {
-            "format": _FORMAT_NAME,
-            "format_version": FORMAT_VERSION,
-            "kind": self.name,
-            "config": self.config.to_json(),
-            "meta": {
-                "epochs_trained": self.epochs_trained_,
-                "item_ids": [str(i) for i in self.items_.ids.tolist()],
-                "user_ids": [str(u) for u in self.users_.ids.tolist()],
-            },
-            "arrays": {"file": _WEIGHTS_FILE, "sha256": _sha256(weights_path)},
+        manifest_path = folder / _MANIFEST
+        if manifest_path.exists():
+            manifest_path.unlink()  # the folder is invalid until the new manifest lands
+        save_file(tensors, str(folder / _WEIGHTS_FILE))
+        meta = {
+            "epochs_trained": self.epochs_trained_,
+            "item_ids": [str(i) for i in self.items_.ids.tolist()],
+            "user_ids": [str(u) for u in self.users_.ids.tolist()],
         }
-        (folder / _MANIFEST).write_text(json.dumps(manifest), encoding="utf-8")
-        return folder
+        return write_manifest(folder, kind=self.name, config=self.config.to_json(), meta=meta, data_file=_WEIGHTS_FILE)
 
     @classmethod
     def load(cls, path: str | Path) -> SASRec:
         """Read a model written by :meth:`save`; raise ``ModelFormatError`` if it cannot."""
         folder = Path(path)
-        manifest_path, weights_path = folder / _MANIFEST, folder / _WEIGHTS_FILE
-        if not manifest_path.is_file() or not weights_path.is_file():
-            raise ModelFormatError(
-                f"{folder}: no saved SASRec model ({_MANIFEST} or {_WEIGHTS_FILE} is missing)"
-            )
-        try:
-            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ModelFormatError(f"{manifest_path}: corrupted manifest ({exc})") from exc
-        if not isinstance(manifest, dict) or manifest.get("kind") != cls.name:
-            raise ModelFormatError(f"{manifest_path}: not a saved SASRec model")
-        version = manifest.get("format_version")
-        if not isinstance(version, int) or version < 1:
-            raise ModelFormatError(f"{manifest_path}: invalid format_version {version!r}")
-        if version > FORMAT_VERSION:
-            raise ModelFormatError(
-                f"{folder}: saved with SASRec format version {version}, newer than this shelf "
-                f"reads ({FORMAT_VERSION}); upgrade shelf to load it"
-            )
-        if _sha256(weights_path) != manifest.get("arrays", {}).get("sha256"):
-            raise ModelFormatError(f"{weights_path}: checksum mismatch; the file is corrupted or was altered")
+        manifest, weights_path = read_manifest(folder, kind=cls.name)
         try:
             config = SASRecConfig.from_json(manifest["config"])
             meta = manifest["meta"]
@@ -660,10 +639,3 @@ class SASRec:
         model.net_.eval()
         return model
 
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
