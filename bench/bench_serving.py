@@ -7,7 +7,8 @@ short) is trained on its snapshot and promoted. Then, ``--runs`` times (median r
 
 * throughput, closed loop: ``--connections`` keep-alive connections send back to back for
   ``--seconds``; ``/recommendations`` (users, sessions, anonymous, reranking on: stock, purchases,
-  catalogue from the lake) against ``/hello``;
+  catalogue from the lake) against ``/hello`` (FastAPI's bare ``async def`` route; the ``def``
+  route, run in FastAPI's thread pool, is measured too, for reference);
 * latency, open loop: requests are *scheduled* at a fixed rate (``--rate``, the same for both) and
   latency is measured from the scheduled send time, so a stall delays every request queued behind
   it (no coordinated omission);
@@ -16,9 +17,14 @@ short) is trained on its snapshot and promoted. Then, ``--runs`` times (median r
   recommendations until the answer reflects it; time from the post to that answer;
 * in-process ``BundleRecommender.recommend`` p50/p99 at 100k and 1M items (no HTTP).
 
-The load generator is a minimal HTTP/1.1 keep-alive client over asyncio streams in this process
-(httpx would be the bottleneck on a small machine); it shares the machine's cores with the
-server, which lowers both figures alike.
+Every server runs under the same uvicorn settings (``bench._serve_child.UVICORN``: one worker,
+``loop="uvloop"``, ``http="httptools"``, no access log).
+
+The load generator is a minimal HTTP/1.1 keep-alive client over asyncio streams on uvloop in this
+process (httpx would be the bottleneck on a small machine); it shares the machine's cores with the
+server, which lowers both figures alike. It checks that it is not the bottleneck itself: the
+client's CPU time over each closed-loop run's wall time is reported (near 100% would mean the
+client, not the server, sets the pace).
 """
 
 from __future__ import annotations
@@ -37,9 +43,19 @@ from typing import Any
 import numpy as np
 import orjson
 
+from bench._serve_child import UVICORN
 from bench.common import ROOT, command_line, median, write_section
 
 HEADERS = "Host: 127.0.0.1\r\nConnection: keep-alive\r\n"
+
+
+def run(coroutine: Any) -> Any:
+    """Run the load generator on uvloop when it is installed (it is with ``shelf[serve]``)."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coroutine)
+    return uvloop.run(coroutine)
 
 
 def free_port() -> int:
@@ -163,6 +179,9 @@ def post(path: str, body: bytes, secret: str) -> bytes:
     return head.encode() + body
 
 
+CLIENT_BUSY: list[float] = []  # the load generator's CPU time / wall time, per closed-loop run
+
+
 async def closed_loop(port: int, requests: list[bytes], connections: int, seconds: float) -> tuple[float, int]:
     """Requests/s with ``connections`` clients sending back to back; and the count of non-2xx."""
     conns = [await Connection.open(port) for _ in range(connections)]
@@ -178,9 +197,10 @@ async def closed_loop(port: int, requests: list[bytes], connections: int, second
             i += connections
             done += 1
             errors += status >= 300
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     await asyncio.gather(*(client(c, k) for k, c in enumerate(conns)))
     elapsed = time.perf_counter() - started
+    CLIENT_BUSY.append((time.process_time() - cpu) / elapsed)
     for c in conns:
         c.close()
     return done / elapsed, errors
@@ -329,48 +349,57 @@ def main(argv: list[str]) -> None:
         secret = create_key(home, "admin")[1]
         recs = recommendation_requests(shop, secret)
         hello_requests = [get("/hello")]
-        for run in range(args.runs):
+        for attempt in range(args.runs):
             hello = Server("hello", home, key)
             try:
-                rps, errors = asyncio.run(closed_loop(hello.port, hello_requests, args.connections, args.seconds))
+                rps, errors = run(closed_loop(hello.port, hello_requests, args.connections, args.seconds))
                 note("hello_rps", rps)
-                lat = asyncio.run(open_loop(hello.port, hello_requests, args.rate, args.seconds, args.connections))
+                lat = run(open_loop(hello.port, hello_requests, args.rate, args.seconds, args.connections))
                 note("hello_p50", float(np.percentile(lat, 50)) * 1000)
                 note("hello_p99", float(np.percentile(lat, 99)) * 1000)
             finally:
                 hello.stop()
+            hello_sync = Server("hello-sync", home, key)
+            try:
+                rps, errors = run(closed_loop(hello_sync.port, hello_requests, args.connections, args.seconds))
+                note("hello_sync_rps", rps)
+            finally:
+                hello_sync.stop()
             shelf = Server("shelf", home, key)
             try:
-                rps, errors = asyncio.run(closed_loop(shelf.port, recs, args.connections, args.seconds))
+                rps, errors = run(closed_loop(shelf.port, recs, args.connections, args.seconds))
                 assert errors == 0, f"{errors} failed recommendation requests"
                 note("recs_rps", rps)
-                lat = asyncio.run(open_loop(shelf.port, recs, args.rate, args.seconds, args.connections))
+                lat = run(open_loop(shelf.port, recs, args.rate, args.seconds, args.connections))
                 note("recs_p50", float(np.percentile(lat, 50)) * 1000)
                 note("recs_p99", float(np.percentile(lat, 99)) * 1000)
-                batches = event_batches(shop, secret, run, 400)
-                bps, errors = asyncio.run(closed_loop(shelf.port, batches, args.connections, args.seconds))
+                batches = event_batches(shop, secret, attempt, 400)
+                bps, errors = run(closed_loop(shelf.port, batches, args.connections, args.seconds))
                 assert errors == 0, f"{errors} failed event batches"
                 note("events_per_s", bps * 100)
-                fresh = asyncio.run(freshness(shelf.port, shop, secret, run))
+                fresh = run(freshness(shelf.port, shop, secret, attempt))
                 note("fresh_p50", float(np.percentile(fresh, 50)) * 1000)
                 note("fresh_max", float(np.max(fresh)) * 1000)
             finally:
                 shelf.stop()
-            print(f"run {run + 1}: " + ", ".join(f"{k}={v[-1]:.1f}" for k, v in results.items()), flush=True)
+            print(f"run {attempt + 1}: " + ", ".join(f"{k}={v[-1]:.1f}" for k, v in results.items()), flush=True)
 
     p50_100k, p99_100k, fit_100k = in_process(args.items, 5_000, 7, 600)
     p50_1m, p99_1m, fit_1m = in_process(args.big_items, 5_000, 7, 300)
     m = {k: median(v) for k, v in results.items()}
+    uvicorn_settings = ", ".join(f"{k}={v!r}" for k, v in UVICORN.items())
     body = f"""
 Shop: simulated, {args.items:,} items, {args.users:,} users, 14 days ({shop['events']:,} events); blend of repeat,
 co-occurrence, content, trending and popularity (fit {shop['fit_s']:.0f} s), promoted and served by `shelf serve`'s app
-under one uvicorn worker, reranking on (stock, purchases; catalogue from the lake). "hello" is a bare FastAPI sync
-route under the same uvicorn settings, measured in the same run. Median of {args.runs} runs, {args.seconds:.0f} s each;
-{args.connections} keep-alive connections; client and server share the machine.
+under one uvicorn worker, reranking on (stock, purchases; catalogue from the lake). "hello" is FastAPI's bare
+`async def` route returning a small dict, measured in the same run. Every server runs under the same uvicorn settings:
+{uvicorn_settings}. Median of {args.runs} runs, {args.seconds:.0f} s each; {args.connections} keep-alive connections; client and
+server share the machine (the client, on uvloop, used {min(CLIENT_BUSY):.0%} to {max(CLIENT_BUSY):.0%} of a core in the closed-loop runs).
 
 | measure | shelf | hello | ratio | target |
 |---|---:|---:|---:|---|
 | throughput, closed loop (requests/s) | {m['recs_rps']:,.0f} | {m['hello_rps']:,.0f} | {m['recs_rps'] / m['hello_rps']:.2f}x | >= 0.5x |
+| throughput vs a `def` hello (FastAPI thread pool), closed loop (requests/s) | {m['recs_rps']:,.0f} | {m['hello_sync_rps']:,.0f} | {m['recs_rps'] / m['hello_sync_rps']:.2f}x | |
 | latency p50, open loop at {args.rate:.0f} req/s (ms) | {m['recs_p50']:.1f} | {m['hello_p50']:.1f} | {m['recs_p50'] / m['hello_p50']:.1f}x | |
 | latency p99, open loop at {args.rate:.0f} req/s (ms) | {m['recs_p99']:.1f} | {m['hello_p99']:.1f} | {m['recs_p99'] / m['hello_p99']:.1f}x | <= 20 ms |
 

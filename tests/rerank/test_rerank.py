@@ -17,6 +17,7 @@ from shelf.rerank import (
     CategoryCaps,
     Dedupe,
     Diversity,
+    DropExcluded,
     DropOutOfStock,
     DropPurchased,
     ExposureFairness,
@@ -229,3 +230,99 @@ def test_any_pipeline_never_duplicates_or_shows_out_of_stock(
     if config.drop_purchased:
         eligible.discard("i3")
     assert len(got) == min(n, len(eligible)), "rules reorder; only filters shorten the list"
+
+
+class _Lookups(dict):  # type: ignore[type-arg]
+    """A catalogue that counts lookups and refuses to be walked (a walk would be O(catalogue))."""
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*args)
+        self.lookups = 0
+
+    def get(self, key: object, default: object = None) -> object:
+        self.lookups += 1
+        return super().get(key, default)
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        raise AssertionError("a filter walked the catalogue")
+
+    def keys(self):  # type: ignore[no-untyped-def]
+        raise AssertionError("a filter walked the catalogue")
+
+    def values(self):  # type: ignore[no-untyped-def]
+        raise AssertionError("a filter walked the catalogue")
+
+    def items(self):  # type: ignore[no-untyped-def]
+        raise AssertionError("a filter walked the catalogue")
+
+
+def test_filters_cost_one_lookup_per_candidate_not_the_catalogue() -> None:
+    big = _Lookups({str(i): ItemMeta(stock=i % 3) for i in range(100_000)})
+    candidates = scored(*[str(i) for i in range(40)])  # every third one (i % 3 == 0) is out of stock
+    kept = DropOutOfStock(big)(Q, candidates, 10)
+    assert big.lookups == len(candidates)
+    assert ids(kept) == [i for i in ids(candidates) if int(i) % 3 != 0]
+    bought = DropPurchased(lambda user: {"4", "5"})(Query(user_id="u"), kept, 10)
+    assert "4" not in ids(bought) and "5" not in ids(bought) and len(bought) == len(kept) - 2
+    pipeline = build_pipeline(RerankConfig(drop_purchased=True), big, purchased=lambda user: {"1"})
+    big.lookups = 0
+    assert ids(pipeline(Query(user_id="u", exclude=frozenset({"2"})), candidates, 10))[:3] == ["4", "5", "7"]  # 0, 3 and 6: no stock
+    assert big.lookups <= len(candidates)  # excluded and purchased items need none
+
+
+def test_filters_hand_back_their_input_when_nothing_is_dropped() -> None:
+    candidates = scored("a", "c", "d")
+    for rule in (Dedupe(), DropOutOfStock(CATALOGUE), DropPurchased(lambda user: {"zz"})):
+        assert rule(Query(user_id="u"), candidates, 3) is candidates
+
+
+_ID = st.sampled_from([*CATALOGUE, "unknown-1", "unknown-2", 7, 8])
+
+
+@settings(max_examples=200, deadline=None)
+@given(items=st.lists(_ID, max_size=12), exclude=st.frozensets(st.sampled_from(["a", "c", "7", "unknown-1"])),
+       bought=st.sets(st.sampled_from(["a", "d", "8"])), unknown=st.sampled_from(["keep", "drop"]))
+def test_filters_match_a_reference_one_entry_at_a_time(items: list[object], exclude: frozenset[str], bought: set[str], unknown: str) -> None:
+    candidates = Scored(np.array(items, dtype=object), np.linspace(1.0, 0.1, len(items), dtype=np.float32), np.array([f"s{i}" for i in range(len(items))], dtype=object))
+    query = Query(user_id="u", exclude=exclude)
+    rows = [(str(i), float(s), str(src)) for i, s, src in zip(candidates.items, candidates.scores, candidates.sources, strict=True)]
+
+    def as_rows(out: Scored) -> list[tuple[str, float, str]]:
+        assert out.sources is not None
+        return [(str(i), float(s), str(src)) for i, s, src in zip(out.items, out.scores, out.sources, strict=True)]
+
+    first: dict[str, tuple[str, float, str]] = {}
+    for row in rows:
+        first.setdefault(row[0], row)
+    assert as_rows(Dedupe()(query, candidates, 5)) == list(first.values())
+    assert as_rows(DropExcluded()(query, candidates, 5)) == [r for r in rows if r[0] not in exclude]
+
+    def in_stock(item: str) -> bool:
+        meta = CATALOGUE.get(item)
+        return unknown == "keep" if meta is None else meta.in_stock
+
+    assert as_rows(DropOutOfStock(CATALOGUE, unknown=unknown)(query, candidates, 5)) == [r for r in rows if in_stock(r[0])]  # type: ignore[arg-type]
+    assert as_rows(DropPurchased(lambda user: bought)(query, candidates, 5)) == [r for r in rows if r[0] not in bought]
+
+
+@settings(max_examples=300, deadline=None)
+@given(items=st.lists(_ID, max_size=14), exclude=st.frozensets(st.sampled_from(["a", "c", "7", "unknown-1"])),
+       bought=st.sets(st.sampled_from(["a", "d", "8", "unknown-2"])), unknown=st.sampled_from(["keep", "drop"]),
+       stock=st.booleans(), purchases=st.booleans(), anonymous=st.booleans())
+def test_fused_filters_equal_the_filters_in_turn(
+    items: list[object], exclude: frozenset[str], bought: set[str], unknown: str, stock: bool, purchases: bool, anonymous: bool
+) -> None:
+    from shelf.rerank import Filters
+
+    candidates = Scored(np.array(items, dtype=object), np.linspace(1.0, 0.1, len(items), dtype=np.float32), np.array([f"s{i}" for i in range(len(items))], dtype=object))
+    query = Query(user_id=None if anonymous else "u", exclude=exclude)
+    steps: list[object] = [Dedupe(), DropExcluded()]
+    if stock:
+        steps.append(DropOutOfStock(CATALOGUE, unknown=unknown))  # type: ignore[arg-type]
+    if purchases:
+        steps.append(DropPurchased(lambda user: bought))
+    expected = Pipeline(tuple(steps))(query, candidates, 100)  # type: ignore[arg-type]
+    fused = Filters(CATALOGUE if stock else None, unknown=unknown, purchased=(lambda user: bought) if purchases else None)(query, candidates, 100)  # type: ignore[arg-type]
+    assert ids(fused) == ids(expected)
+    assert fused.scores.tolist() == expected.scores.tolist()
+    assert fused.sources is not None and expected.sources is not None and fused.sources.tolist() == expected.sources.tolist()

@@ -7,10 +7,10 @@ not match them and stock rules treat them as described per rule.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal, Protocol
+from typing import Literal, NamedTuple, Protocol
 
 import numpy as np
 
@@ -50,16 +50,32 @@ class Reranker(Protocol):
     def __call__(self, query: Query, items: Scored, n: int) -> Scored: ...
 
 
-@dataclass(frozen=True)
-class Entry:
+class Entry(NamedTuple):
     item: str
     score: float
     source: str
 
 
 def entries(items: Scored) -> list[Entry]:
-    sources = items.sources if items.sources is not None else np.full(len(items), "", dtype=object)
-    return [Entry(str(i), float(s), str(src)) for i, s, src in zip(items.items, items.scores, sources, strict=True)]
+    sources = items.sources.tolist() if items.sources is not None else [""] * len(items)
+    return [Entry(str(i), s, str(src)) for i, s, src in zip(items.items.tolist(), items.scores.tolist(), sources, strict=True)]
+
+
+def item_ids(items: Scored) -> list[str]:
+    """The candidates' ids as Python strings (what the catalogue is keyed by)."""
+    return [i if type(i) is str else str(i) for i in items.items.tolist()]
+
+
+def select(items: Scored, keep: Sequence[int]) -> Scored:
+    """The candidates at positions ``keep`` (in that order); ``items`` itself when all are kept.
+
+    What the filters use: they look at item ids only and never build entries, so a filter costs
+    a lookup per candidate (never anything proportional to the catalogue).
+    """
+    if len(keep) == len(items):
+        return items
+    index = np.asarray(keep, dtype=np.intp)
+    return Scored(items.items[index], items.scores[index], None if items.sources is None else items.sources[index])
 
 
 def to_scored(chosen: Iterable[Entry]) -> Scored:

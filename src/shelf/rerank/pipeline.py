@@ -4,6 +4,8 @@ Default order (:func:`build_pipeline`), and why:
 
 1. ``Dedupe``, ``DropExcluded``, ``DropOutOfStock``, ``DropPurchased``: filters first, so no
    later rule can place an item that must not be shown (and none of them adds items back).
+   They run fused, as one :class:`~shelf.rerank.rules.Filters` pass (same result, one lookup
+   per candidate).
 2. boosts, then buries: they change what "best" means before any slot is allocated.
 3. diversity (MMR or per-category caps) over the boosted order.
 4. new-launch slots, then the exposure-fairness bounds: quotas are applied to the diversified
@@ -28,10 +30,7 @@ from shelf.rerank.rules import (
     Boost,
     Bury,
     CategoryCaps,
-    Dedupe,
-    DropExcluded,
-    DropOutOfStock,
-    DropPurchased,
+    Filters,
     MaximalMarginalRelevance,
     Pin,
     ReserveNewLaunches,
@@ -111,11 +110,13 @@ def build_pipeline(
     purchased: Callable[[str], Collection[str]] = _no_purchases,
 ) -> Pipeline:
     """The rules ``config`` asks for, in the default order described in this module."""
-    steps: list[Reranker] = [Dedupe(), DropExcluded()]
-    if config.drop_out_of_stock:
-        steps.append(DropOutOfStock(catalogue, unknown=config.unknown_stock))
-    if config.drop_purchased:
-        steps.append(DropPurchased(purchased))
+    steps: list[Reranker] = [
+        Filters(
+            catalogue if config.drop_out_of_stock else None,
+            unknown=config.unknown_stock,
+            purchased=purchased if config.drop_purchased else None,
+        )
+    ]
     steps += [Boost(catalogue, r.attribute, r.value, r.factor) for r in config.rules if r.action == "boost"]
     steps += [Bury(catalogue, r.attribute, r.value) for r in config.rules if r.action == "bury"]
     if config.diversity is not None:

@@ -25,7 +25,9 @@ from shelf.rerank.catalogue import (
     ItemMeta,
     category_at,
     entries,
+    item_ids,
     matches,
+    select,
     to_scored,
 )
 
@@ -35,13 +37,16 @@ class Dedupe:
     """Keeps the first (best) occurrence of each item."""
 
     def __call__(self, query: Query, items: Scored, n: int) -> Scored:
+        ids = item_ids(items)
+        if len(set(ids)) == len(ids):
+            return items
         seen: set[str] = set()
-        kept = []
-        for e in entries(items):
-            if e.item not in seen:
-                seen.add(e.item)
-                kept.append(e)
-        return to_scored(kept)
+        keep = []
+        for i, item in enumerate(ids):
+            if item not in seen:
+                seen.add(item)
+                keep.append(i)
+        return select(items, keep)
 
 
 @dataclass(frozen=True)
@@ -49,9 +54,10 @@ class DropExcluded:
     """Drops the items the query excludes (``Query.exclude``)."""
 
     def __call__(self, query: Query, items: Scored, n: int) -> Scored:
-        if not query.exclude:
+        exclude = query.exclude
+        if not exclude:
             return items
-        return to_scored(e for e in entries(items) if e.item not in query.exclude)
+        return select(items, [i for i, item in enumerate(item_ids(items)) if item not in exclude])
 
 
 @dataclass(frozen=True)
@@ -62,13 +68,14 @@ class DropOutOfStock:
     unknown: Literal["keep", "drop"] = "keep"
 
     def __call__(self, query: Query, items: Scored, n: int) -> Scored:
-        def ok(item: str) -> bool:
-            meta = self.catalogue.get(item)
-            if meta is None:
-                return self.unknown == "keep"
-            return meta.in_stock
-
-        return to_scored(e for e in entries(items) if ok(e.item))
+        lookup = self.catalogue.get
+        keep_unknown = self.unknown == "keep"
+        keep = []
+        for i, item in enumerate(item_ids(items)):
+            meta = lookup(item)
+            if keep_unknown if meta is None else (meta.stock is None or meta.stock > 0):  # ItemMeta.in_stock
+                keep.append(i)
+        return select(items, keep)
 
 
 @dataclass(frozen=True)
@@ -83,7 +90,63 @@ class DropPurchased:
         bought = self.purchased(query.user_id)
         if not bought:
             return items
-        return to_scored(e for e in entries(items) if e.item not in bought)
+        return select(items, [i for i, item in enumerate(item_ids(items)) if item not in bought])
+
+
+@dataclass(frozen=True)
+class Filters:
+    """:class:`Dedupe`, :class:`DropExcluded`, :class:`DropOutOfStock` (when ``catalogue`` is
+    given) and :class:`DropPurchased` (when ``purchased`` is) in one pass over the candidates.
+
+    The result is the same as applying them in turn (each filter's verdict depends on the item
+    alone, so their order does not matter, and the first occurrence of an item is kept); one pass
+    means one id conversion, one catalogue lookup per candidate and at most one selection.
+    :func:`~shelf.rerank.pipeline.build_pipeline` uses it for the filters it is asked for.
+    """
+
+    catalogue: Catalogue | None = None
+    unknown: Literal["keep", "drop"] = "keep"
+    purchased: Callable[[str], Collection[str]] | None = None
+
+    def __call__(self, query: Query, items: Scored, n: int) -> Scored:
+        exclude = query.exclude
+        bought: Collection[str] = ()
+        if self.purchased is not None and query.user_id is not None:
+            bought = self.purchased(query.user_id)
+        ids = item_ids(items)
+        keep_unknown = self.unknown == "keep"
+        if len(set(ids)) != len(ids):  # duplicates: the general loop
+            return select(items, self._general(ids, exclude, bought, keep_unknown))
+        # No duplicates (the usual case): the catalogue lookups run in C, one per candidate.
+        if self.catalogue is None:
+            if not exclude and not bought:
+                return items
+            return select(items, [i for i, item in enumerate(ids) if item not in exclude and item not in bought])
+        metas = map(self.catalogue.get, ids)
+        if not exclude and not bought:
+            keep = [i for i, m in enumerate(metas) if (keep_unknown if m is None else (m.stock is None or m.stock > 0))]
+        else:
+            keep = [
+                i
+                for i, (item, m) in enumerate(zip(ids, metas, strict=True))
+                if item not in exclude and item not in bought and (keep_unknown if m is None else (m.stock is None or m.stock > 0))
+            ]
+        return select(items, keep)
+
+    def _general(self, ids: list[str], exclude: Collection[str], bought: Collection[str], keep_unknown: bool) -> list[int]:
+        lookup = self.catalogue.get if self.catalogue is not None else None
+        seen: set[str] = set()
+        keep = []
+        for i, item in enumerate(ids):
+            if item in seen or item in exclude or item in bought:
+                continue
+            seen.add(item)
+            if lookup is not None:
+                meta = lookup(item)
+                if not (keep_unknown if meta is None else (meta.stock is None or meta.stock > 0)):  # ItemMeta.in_stock
+                    continue
+            keep.append(i)
+        return keep
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,10 @@ stored: with that much entropy a fast hash is enough (nobody can brute-force 2^2
 checking a key to a microsecond on every request. The id inside the secret finds the record
 without scanning; the digest is compared in constant time.
 
+:class:`KeyStore` checks keys for the service: it re-reads keys.json whenever the file changes
+(one ``stat`` per request), so a revocation applies to the next request, and it remembers the
+digests it verified (a bounded map from digest to key, emptied on every change of the file).
+
 Roles: ``events:write`` (events and catalogue updates), ``recommendations:read``, ``admin``
 (implies both).
 """
@@ -129,38 +133,56 @@ def revoke_key(home: Path | str, key_id: str) -> ApiKey:
     raise InputError(f"no key {key_id!r}; known keys: {known}")
 
 
+VERIFIED_CACHE_ENTRIES = 1024  # distinct active keys remembered between changes of keys.json
+
+
 class KeyStore:
     """Checks bearer secrets against keys.json, re-reading it when it changes (revocations apply live)."""
 
     def __init__(self, home: Path | str) -> None:
         self.path = _path(home)
+        self._file = os.fspath(self.path)
         self._lock = threading.Lock()
-        self._stamp: tuple[int, int] | None = None
+        self._stamp: tuple[int, int, int] | None = None
         self._by_id: dict[str, dict[str, object]] = {}
+        # digest of a verified secret → its key; only ever holds keys active in the current file
+        self._verified: dict[str, ApiKey] = {}
 
     def _refresh(self) -> None:
         try:
-            st = self.path.stat()
-            stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+            st = os.stat(self._file)
+            stamp: tuple[int, int, int] | None = (st.st_mtime_ns, st.st_size, st.st_ino)
         except FileNotFoundError:
             stamp = None
+        if stamp == self._stamp:
+            return
         with self._lock:
             if stamp == self._stamp:
                 return
             keys = _load(self.path) if stamp is not None else []
             self._by_id = {str(k.get("id")): k for k in keys}
-            self._stamp = stamp  # type: ignore[assignment]
+            self._verified = {}  # a revoked (or replaced) key is never answered from memory
+            self._stamp = stamp
 
     def authenticate(self, secret: str) -> ApiKey | None:
         """The active key this secret belongs to, or None."""
         if not secret.startswith(_PREFIX):
             return None
+        self._refresh()
+        digest = _digest(secret)
+        verified = self._verified  # read once: a refresh swaps in a new, empty map
+        key = verified.get(digest)
+        if key is not None:
+            return key
         # "shelf_" + "k_<12 hex>" + "_" + token; the token may itself hold "_".
         key_id = secret[len(_PREFIX) : len(_PREFIX) + _ID_LENGTH]
-        self._refresh()
         record = self._by_id.get(key_id)
         if record is None or record.get("revoked") is not None:
             return None
-        if not hmac.compare_digest(str(record.get("sha256")), _digest(secret)):
+        if not hmac.compare_digest(str(record.get("sha256")), digest):
             return None
-        return ApiKey(id=key_id, role=record["role"], created=str(record["created"]))  # type: ignore[arg-type]
+        key = ApiKey(id=key_id, role=record["role"], created=str(record["created"]))  # type: ignore[arg-type]
+        if len(verified) >= VERIFIED_CACHE_ENTRIES:
+            verified.clear()
+        verified[digest] = key
+        return key

@@ -1,9 +1,15 @@
 """The exposure log: what was shown to whom, append-only JSONL under ``<home>/exposures/``.
 
-Records are buffered in memory and written by :meth:`ExposureLog.flush` (a background task calls
-it every second or so, and shutdown calls it last), one file per UTC day. Experiments join
-outcomes to exposures by ``exposure_id``. A crash loses at most the unflushed buffer: exposures
-are measurement, not commitments (events are the ones acknowledged durably).
+A request only serializes its record (orjson, a couple of microseconds) and appends the line to
+an in-memory buffer; :meth:`ExposureLog.flush` appends the buffered lines to one file per UTC day
+with one fsync per flush. (Lines are bytes, which the cyclic garbage collector does not track:
+a second's worth of buffered records does not make its full collections longer or more frequent.) A background task calls it every second or so, shutdown calls it last, and a full buffer
+(``max_buffer`` records) wakes a flush on a background thread instead of writing on the request
+path. Should the disk stall so long that the buffer reaches ``2 * max_buffer``, the request that
+finds it so writes the buffer itself: memory stays bounded, and nothing is dropped.
+
+Experiments join outcomes to exposures by ``exposure_id``. A crash loses at most the unflushed
+buffer: exposures are measurement, not commitments (events are the ones acknowledged durably).
 """
 
 from __future__ import annotations
@@ -16,9 +22,11 @@ from typing import Any
 
 import orjson
 
+_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_APPEND_NEWLINE
+
 
 class ExposureLog:
-    """Thread-safe buffered appender; ``max_buffer`` records force a flush by the caller."""
+    """Thread-safe buffered appender; ``max_buffer`` records wake a background flush."""
 
     def __init__(self, folder: Path, *, max_buffer: int = 10_000) -> None:
         self.folder = Path(folder)
@@ -26,15 +34,28 @@ class ExposureLog:
         self._buffer: list[bytes] = []
         self._lock = threading.Lock()  # guards the buffer
         self._write_lock = threading.Lock()  # one writer at a time, in order
+        self._waking = False  # a background flush is on its way
         self.written = 0
 
     def log(self, record: dict[str, Any]) -> None:
-        line = orjson.dumps(record, option=orjson.OPT_SERIALIZE_NUMPY) + b"\n"
+        line = orjson.dumps(record, option=_OPTIONS)
         with self._lock:
             self._buffer.append(line)
-            full = len(self._buffer) >= self.max_buffer
-        if full:
+            held = len(self._buffer)
+            wake = held >= self.max_buffer and not self._waking
+            if wake:
+                self._waking = True
+        if held >= 2 * self.max_buffer:
+            self.flush()  # the background writer cannot keep up: bound the memory here
+        elif wake:
+            threading.Thread(target=self._background_flush, name="shelf-exposure-flush", daemon=True).start()
+
+    def _background_flush(self) -> None:
+        try:
             self.flush()
+        finally:
+            with self._lock:
+                self._waking = False
 
     def pending(self) -> int:
         with self._lock:
