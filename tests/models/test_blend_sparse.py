@@ -103,3 +103,18 @@ def test_top_of_matches_a_full_sort_with_ties_infinities_and_nan() -> None:
         expected = finite[np.lexsort((finite, -scores[finite]))]
         for n in (1, 3, size, size + 2):
             assert top_of(scores, n).tolist() == expected[:n].tolist()
+
+
+def test_a_refit_forgets_the_previous_fits_id_lookups() -> None:
+    first, second = make_interactions(seed=1), make_interactions(seed=2, users=False)
+    blend = default_blend(seed=2).fit(first)
+    blend.retrieve(Query(user_id=str(first.users.ids[0]), exclude=frozenset([str(first.items.ids[0])])), 5)
+    blend.demote_seen_ = True
+    blend._seen_items(str(first.users.ids[0]))  # builds the user lookup
+    blend.fit(second)
+    assert blend.items_lookup([str(i) for i in second.items.ids]).tolist() == list(range(second.n_items))
+    blend.demote_seen_ = True
+    for u in range(min(5, second.n_users)):
+        seen = blend._seen_items(str(second.users.ids[u]))
+        expected = np.unique(second.item[second.user == u])
+        assert seen.tolist() == expected.tolist()

@@ -139,6 +139,8 @@ class BlendRetriever:
                 skipped[name] = str(e)
         if len(skipped) == len(self.sources):
             raise ModelFitError(f"BlendRetriever: no source could fit: {skipped}")
+        for key in ("_users_index", "_items_index"):  # id lookups of the previous fit
+            self.__dict__.pop(key, None)
         self.item_ids_ = np.asarray(data.items.ids, dtype=object).copy()
         self.skipped_sources_ = skipped
         self.weights_ = dict(self.config.weights)

@@ -234,6 +234,10 @@ class LinearScores:
         bound = self.weights.astype(np.float64) * self.column_max[self.features]
         order = np.argsort(-bound, kind="stable")  # most promising feature first
         lengths = np.diff(self.by_feature.indptr)[self.features[order]]
+        if lengths.sum() >= len(self):
+            # The profile's features cover the catalogue over (a small vocabulary of broad
+            # features): pruning would gather most rows anyway; one pass over the matrix is cheaper.
+            return DenseScores(self._full()).top(n)
         # Round one: the most promising features until they reach n items (or all features).
         expanded = int(np.searchsorted(np.cumsum(lengths), n)) + 1
         while True:
