@@ -3,15 +3,19 @@
 Same data sets and splits as ``bench_quality`` (its helpers are imported). Protocol:
 
 1. Choices are made on the **validation cut** (``split.validation()``, carved from the training
-   side): the number of candidates N and the ranker (neural or LightGBM) maximise the mean of
-   NDCG@10 over the ``all`` and ``new`` views. The label window is the test window of the case
-   (the horizon the probabilities are evaluated on), not tuned.
+   side): the number of candidates N, the ranker (neural, LightGBM binary or LightGBM
+   lambdarank) and the ranker weight w of the final score ``(1 - w) * prior(blend position) +
+   w * p_ranker`` (w = 0 is the blend's own order) maximise the mean of NDCG@10 over the ``all``
+   and ``new`` views; ties go to the smaller N, then the smaller w. One fit per (N, ranker)
+   serves every w. The label window is the test window of the case (the horizon the
+   probabilities are evaluated on), not tuned.
 2. The chosen configuration, shelf-blend and the peers are evaluated once on the **test cut**.
 3. Calibration on the test cut is reported twice: the runner's (over the whole catalogue of every
    test user with a relevant event; non-candidates carry the outside rate) and over the
    candidates only (the harder number: every one of the N candidates of those users).
 4. Latency: ranking 500 candidates of one request (features already computed: encoder, forward
-   pass, calibration) and the whole request (retrieval + online features + ranking), on one
+   pass, calibration, interpolation), for the chosen model and for every ranker kind (their
+   validation-side fits, on the same frames), and the whole request (retrieval + online features + ranking), on one
    thread, median and p99 over many requests. Training throughput: ranking-set rows per second
    of ranker fitting.
 """
@@ -35,29 +39,74 @@ GRID_N = (100, 300)
 
 
 CUTS = {"n_cuts": 3, "spacing_fraction": 1.0}  # request moments replayed in training (set from the command line)
+# Earlier request moments are added (up to 4 × n_cuts) while the latest hold fewer requests than
+# this: a few hundred requests is what a ranker needs to learn anything (REES46's head has ~20).
+MIN_REQUESTS = 500
 
 
-def _factory(n: int, ranker: str, window_s: int, seed: int = 0, keep: list[Any] | None = None) -> Any:
+RANKERS = ("gbdt", "lambdarank", "neural")
+WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)  # ranker_weight grid (0 = the blend's order, 1 = the ranker alone)
+
+
+def _ranker(kind: str, seed: int) -> Any:
+    from shelf.models.ranking import (
+        LightGBMRanker,
+        LightGBMRankerConfig,
+        NeuralRanker,
+        NeuralRankerConfig,
+    )
+
+    if kind == "neural":
+        return NeuralRanker(NeuralRankerConfig(seed=seed))
+    return LightGBMRanker(LightGBMRankerConfig(seed=seed, objective="lambdarank" if kind == "lambdarank" else "binary"))
+
+
+def _factory(n: int, ranker: str, window_s: int, seed: int = 0, keep: list[Any] | None = None, weight: float = 1.0) -> Any:
     def make() -> Any:
-        from shelf.models.ranking import (
-            LightGBMRanker,
-            LightGBMRankerConfig,
-            NeuralRanker,
-            NeuralRankerConfig,
-        )
         from shelf.models.retrieval import default_blend
         from shelf.models.twostage import TwoStage, TwoStageConfig
 
-        rk = NeuralRanker(NeuralRankerConfig(seed=seed)) if ranker == "neural" else LightGBMRanker(LightGBMRankerConfig(seed=seed))
-        model = TwoStage(default_blend(seed=seed), rk, config=TwoStageConfig(
+        model = TwoStage(default_blend(seed=seed), _ranker(ranker, seed), config=TwoStageConfig(
             n_candidates=n, label_window_s=window_s, seed=seed, n_cuts=int(CUTS["n_cuts"]),
-            cut_spacing_s=max(1, int(window_s * CUTS["spacing_fraction"])),
+            cut_spacing_s=max(1, int(window_s * CUTS["spacing_fraction"])), ranker_weight=weight, min_requests=MIN_REQUESTS,
         ))
         if keep is not None:
             keep.append(model)
         return model
 
     return make
+
+
+class _Reweighted:
+    """A runner-facing view of one shared two-stage fit at another ``ranker_weight``.
+
+    The first variant the runner fits fits the shared model; the others reuse its retriever,
+    ranker and online state and only recalibrate the interpolated score, so the weight grid costs
+    one fit per (N, ranker).
+    """
+
+    outputs_probabilities = True
+
+    def __init__(self, shared: dict[str, Any], make: Any, weight: float) -> None:
+        self.shared, self.make, self.weight = shared, make, weight
+        self.name = f"twostage w={weight:g}"
+
+    def fit(self, data: Any) -> Any:
+        if self.shared.get("data") is not data:
+            self.shared.update(model=self.make().fit(data), data=data)
+        self.model_ = self.shared["model"].with_ranker_weight(self.weight)
+        return self
+
+    def retrieve(self, query: Any, n: int) -> Any:
+        return self.model_.retrieve(query, n)
+
+    def score_users(self, users: np.ndarray) -> np.ndarray:
+        return self.model_.score_users(users)
+
+
+def _weight_grid(n: int, ranker: str, window_s: int, shared: dict[str, Any]) -> dict[str, Any]:
+    make = _factory(n, ranker, window_s)
+    return {f"N={n} {ranker} w={w:g}": (lambda w=w: _Reweighted(shared, make, w)) for w in WEIGHTS}
 
 
 def _score(result: Any, name: str) -> float:
@@ -84,7 +133,9 @@ def _candidate_calibration(model: Any, split: Any) -> tuple[float, float, int]:
     return expected_calibration_error(y_all, p_all), log_loss(y_all, p_all), len(ps)
 
 
-def _latency(model: Any, split: Any, n_requests: int) -> dict[str, float]:
+def _latency(model: Any, split: Any, n_requests: int, others: dict[str, Any] | None = None) -> dict[str, float]:
+    """Median / p99 latencies; ``others``: more fitted two-stage models whose ranking stage is
+    timed on the same 500-candidate frames (``rank_ms_median[KIND]``)."""
     import torch
 
     from shelf.models.base import Query
@@ -98,18 +149,28 @@ def _latency(model: Any, split: Any, n_requests: int) -> dict[str, float]:
         found, _, _ = model.rank(Query(str(u)), 500)
         full.append(time.perf_counter() - started)
         frames.append(model.online_.frame(Query(str(u), context=_ctx(model)), found))
-    rank_only = []
-    for frame in frames:
-        started = time.perf_counter()
-        model.ranker_.predict_with_logits(frame)
-        rank_only.append(time.perf_counter() - started)
-    return {
+    def rank_only(m: Any) -> list[float]:
+        out = []
+        for frame in frames:
+            started = time.perf_counter()
+            p, logits = m.ranker_.predict_with_logits(frame)  # encode + model + calibration
+            m.interpolation_(p, logits)  # blend prior, interpolation, final calibration, order
+            out.append(time.perf_counter() - started)
+        return out
+
+    mine = rank_only(model)
+    stats = {
         "candidates": float(np.median([len(f) for f in frames])),
-        "rank_ms_median": 1e3 * float(np.median(rank_only)),
-        "rank_ms_p99": 1e3 * float(np.quantile(rank_only, 0.99)),
+        "rank_ms_median": 1e3 * float(np.median(mine)),
+        "rank_ms_p99": 1e3 * float(np.quantile(mine, 0.99)),
         "request_ms_median": 1e3 * float(np.median(full)),
         "request_ms_p99": 1e3 * float(np.quantile(full, 0.99)),
     }
+    for kind, other in (others or {}).items():
+        times = rank_only(other)
+        stats[f"rank_ms_median[{kind}]"] = 1e3 * float(np.median(times))
+        stats[f"rank_ms_p99[{kind}]"] = 1e3 * float(np.quantile(times, 0.99))
+    return stats
 
 
 def _ctx(model: Any) -> Any:
@@ -133,21 +194,30 @@ def run_case(case: Any, work: Path, requests: int, log: list[str]) -> str:
 
     # 1. choices on the validation cut only
     validation = built.validation()
-    grid = {f"N={n} {r}": _factory(n, r, window_s) for n in GRID_N for r in ("gbdt", "neural")}
+    grid: dict[str, Any] = {}
+    fits: dict[tuple[int, str], dict[str, Any]] = {}
+    for n in GRID_N:
+        for r in RANKERS:
+            grid.update(_weight_grid(n, r, window_s, fits.setdefault((n, r), {})))
     grid["shelf-blend"] = pick(["shelf-blend"])["shelf-blend"]
     started = time.perf_counter()
     vres = evaluate(None, validation, grid, ks=(10,), target=ANY_ENGAGEMENT, views=views)
     log.append(f"{case.name}: validation grid {time.perf_counter() - started:.0f} s")
+    # ties go to the first in grid order: the smaller N, then the smaller ranker weight
     choice = max((k for k in grid if k != "shelf-blend"), key=lambda k: _score(vres, k))
-    n_best, ranker_best = int(choice.split()[0][2:]), choice.split()[1]
-    vlines = ["| validation config | NDCG@10 all | NDCG@10 new |", "|---|---:|---:|"]
+    n_best, ranker_best, w_best = int(choice.split()[0][2:]), choice.split()[1], float(choice.split()[2][2:])
+    n_val_users = len(validation.test_users)
+    vlines = [f"Validation cut: {n_val_users} users.", "",
+              "| validation config | NDCG@10 all | NDCG@10 new | ECE |", "|---|---:|---:|---:|"]
     for name in grid:
-        vlines.append(f"| {name}{' ← chosen' if name == choice else ''} | {vres.value(name, 'ndcg', 10, 'all'):.4f} | {vres.value(name, 'ndcg', 10, 'new'):.4f} |")
+        ece = f"{vres.value(name, 'ece', 0):.4f}" if name != "shelf-blend" else "–"
+        vlines.append(f"| {name}{' ← chosen' if name == choice else ''} | {vres.value(name, 'ndcg', 10, 'all'):.4f} | "
+                      f"{vres.value(name, 'ndcg', 10, 'new'):.4f} | {ece} |")
 
     # 2. the test cut, once
     kept: list[Any] = []
-    name = f"shelf-twostage (N={n_best}, {ranker_best})"
-    models = {name: _factory(n_best, ranker_best, window_s, keep=kept), **pick(["shelf-blend", *PEERS], tune=True)}
+    name = f"shelf-twostage (N={n_best}, {ranker_best}, w={w_best:g})"
+    models = {name: _factory(n_best, ranker_best, window_s, keep=kept, weight=w_best), **pick(["shelf-blend", *PEERS], tune=True)}
     started = time.perf_counter()
     res = evaluate(None, built, models, ks=(10, 20), target=ANY_ENGAGEMENT, views=views)
     log.append(f"{case.name}: test evaluation {time.perf_counter() - started:.0f} s")
@@ -176,7 +246,9 @@ def run_case(case: Any, work: Path, requests: int, log: list[str]) -> str:
         f"AUC {res.value(name, 'auc', 0):.4f}; candidates only ({n_users} users × N): ECE {ece_c:.4f} "
         f"({'met' if ece_c <= 0.02 else 'NOT met'} ≤ 0.02), log loss {ll_c:.4f}.",
     ]
-    lat = _latency(model, built, requests)
+    # every ranker kind's ranking stage, timed on the test model's frames (the validation fits at N = max)
+    others = {r: fits[(max(GRID_N), r)]["model"] for r in RANKERS if "model" in fits[(max(GRID_N), r)]}
+    lat = _latency(model, built, requests, others)
     stats = model.fit_stats_
     per_s = getattr(model.ranker_, "train_examples_per_s_", None)
     lines += [
@@ -184,7 +256,10 @@ def run_case(case: Any, work: Path, requests: int, log: list[str]) -> str:
         f"Latency over {requests} requests, one thread, {lat['candidates']:.0f} candidates each: ranking (encode + "
         f"{ranker_best} + calibration) median {lat['rank_ms_median']:.2f} ms, p99 {lat['rank_ms_p99']:.2f} ms "
         f"({'met' if lat['rank_ms_median'] <= 5 else 'NOT met'} ≤ 5 ms); whole request (retrieval + online features + ranking) "
-        f"median {lat['request_ms_median']:.1f} ms, p99 {lat['request_ms_p99']:.1f} ms.",
+        f"median {lat['request_ms_median']:.1f} ms, p99 {lat['request_ms_p99']:.1f} ms. Ranking stage of each ranker kind "
+        "(fitted on the validation side, same frames): "
+        + "; ".join(f"{r} median {lat[f'rank_ms_median[{r}]']:.2f} ms, p99 {lat[f'rank_ms_p99[{r}]']:.2f} ms "
+                    f"({'met' if lat[f'rank_ms_median[{r}]'] <= 5 else 'NOT met'} ≤ 5 ms)" for r in others) + ".",
         f"Training: {stats['requests']} requests at {len(stats['cuts'])} cuts, {stats['examples']:,} examples "
         f"({stats['positive_share']:.1%} positive); candidates + features {stats['candidates_and_features_s']:.1f} s; "
         f"ranker fit {stats['ranker_fit_s']:.1f} s = {stats['ranker_examples_per_s']:,.0f} examples/s"
@@ -218,10 +293,14 @@ def main(argv: list[str]) -> None:
         shutil.rmtree(work, ignore_errors=True)
     body = (
         "Two-stage = default blend (retrieval) → online features (user, item, user × item, context, session, fused and "
-        "per-source retrieval scores and ranks) → calibrated engagement probability. N and the ranker are chosen on the "
-        "validation cut (carved from the training side); the test cut is used once. Full-catalogue metrics, same "
+        "per-source retrieval scores and ranks) → ranker probability, interpolated with the blend's position prior as "
+        "(1 − w) · prior + w · p_ranker and calibrated on the last training cut (w = 0 is the blend's own order). N, the "
+        "ranker and w are chosen on the validation cut (carved from the training side); the test cut is used once. "
+        "Full-catalogue metrics, same "
         "splits as the quality benchmark. "
-        f"Request moments: {args.n_cuts} cuts spaced {args.spacing:g} × the label window.\n\n" + "\n".join(sections) + "\nWall times: " + "; ".join(log) + "\n"
+        f"Request moments: {args.n_cuts} cuts spaced {args.spacing:g} × the label window, each with its whole label window "
+        f"inside the training side (earlier cuts are added, up to {4 * args.n_cuts}, while the latest hold fewer than "
+        f"{MIN_REQUESTS} requests).\n\n" + "\n".join(sections) + "\nWall times: " + "; ".join(log) + "\n"
     )
     write_section(args.section, "Two-stage ranking vs retrieval alone (real logs)", body, f"python -m bench twostage {' '.join(argv)}".strip())
 

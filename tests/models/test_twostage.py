@@ -128,6 +128,62 @@ def test_save_load_round_trip_is_identical(fitted: TwoStage, split: UserSplit, t
         TwoStage.load(tmp_path / "m")
 
 
+def test_ranker_weight_zero_keeps_the_retrievers_order(fitted: TwoStage, split: UserSplit) -> None:
+    blend_only = fitted.with_ranker_weight(0.0)
+    assert blend_only.ranker_ is fitted.ranker_ and blend_only.config.ranker_weight == 0.0
+    when = Context(timestamp=split.cut)
+    for u in split.test_users[:8].tolist():
+        query = Query(str(split.train.users.ids[u]), context=when)
+        found, p, order = blend_only.rank(query)
+        np.testing.assert_array_equal(order, np.arange(len(found)))  # candidates come in retrieval order
+        assert np.all((p >= 0) & (p <= 1)) and np.all(np.diff(p[order]) <= 1e-12)
+        got = blend_only.retrieve(query, 10)
+        assert list(got.items) == list(fitted.retriever.retrieve(query, 10).items)
+    # the runner's view: the top of each row is the retriever's top
+    rows = blend_only.score_users(split.test_users[:4])
+    for row, u in zip(rows, split.test_users[:4].tolist(), strict=True):
+        top = split.train.items.ids[np.argsort(-row, kind="stable")[:10]]
+        assert list(top) == list(fitted.retriever.retrieve(Query(str(split.train.users.ids[u]), context=when), 10).items)
+
+
+def test_ranker_weight_one_is_the_ranker_alone(fitted: TwoStage, split: UserSplit) -> None:
+    query = Query(str(split.train.users.ids[split.test_users[1]]), context=Context(timestamp=split.cut))
+    alone = fitted.with_ranker_weight(1.0)
+    found, _, order = alone.rank(query)
+    p_ranker, logits = alone.ranker_.predict_with_logits(alone.online_.frame(query, found))
+    np.testing.assert_array_equal(order, np.lexsort((np.arange(len(found)), -logits, -p_ranker)))
+    half = fitted.with_ranker_weight(0.5)
+    _, p_half, order_half = half.rank(query)
+    assert sorted(order_half.tolist()) == list(range(len(found))) and np.all((p_half >= 0) & (p_half <= 1))
+
+
+def test_every_cut_sees_its_whole_label_window(split: UserSplit) -> None:
+    model = TwoStage(small_blend(), config=TwoStageConfig(label_window_s=WINDOW, n_cuts=4, cut_spacing_s=WINDOW // 4))
+    cuts = model._cuts(split.train)
+    end = int(split.train.timestamp.max()) + 1 if split.train.as_of is None else None
+    assert len(cuts) == 4 and np.all(np.diff(cuts) == (WINDOW // 4) * 1_000_000)
+    from shelf.models.twostage import _us
+
+    end = _us(split.train.as_of) if split.train.as_of is not None else end
+    assert cuts[-1] + WINDOW * 1_000_000 == end
+    # too few requests in the latest moments: earlier ones (same spacing) are added, at most 4x
+    more = TwoStage(small_blend(), config=TwoStageConfig(label_window_s=WINDOW, n_cuts=2, cut_spacing_s=WINDOW // 4, min_requests=10**6))
+    extended = more._cuts(split.train)
+    assert len(extended) == 8 and extended[-2:] == cuts[-2:] and np.all(np.diff(extended) == (WINDOW // 4) * 1_000_000)
+    few = TwoStage(small_blend(), config=TwoStageConfig(label_window_s=WINDOW, n_cuts=2, cut_spacing_s=WINDOW // 4, min_requests=1))
+    assert few._cuts(split.train) == cuts[-2:]
+
+
+def test_reweighted_model_round_trips(fitted: TwoStage, split: UserSplit, tmp_path: Path) -> None:
+    half = fitted.with_ranker_weight(0.5)
+    half.save(tmp_path / "h")
+    loaded = TwoStage.load(tmp_path / "h")
+    assert loaded.config.ranker_weight == 0.5
+    np.testing.assert_array_equal(half.score_users(split.test_users[:3]), loaded.score_users(split.test_users[:3]))
+    with pytest.raises(ModelError, match="refit"):
+        loaded.with_ranker_weight(0.0)
+
+
 def test_unfitted_and_bad_config_fail_loudly() -> None:
     with pytest.raises(NotFittedError):
         make().retrieve(Query("u"), 3)
@@ -135,6 +191,8 @@ def test_unfitted_and_bad_config_fail_loudly() -> None:
         TwoStageConfig(n_cuts=1).validate()
     with pytest.raises(ModelError):
         TwoStage(small_blend(), config=TwoStageConfig(n_candidates=0))
+    with pytest.raises(ModelError, match="ranker_weight"):
+        TwoStageConfig(ranker_weight=1.5).validate()
 
 
 def test_runner_evaluates_it_with_calibration_metrics(split: UserSplit) -> None:

@@ -6,10 +6,14 @@
   ``n_candidates`` items with every source's score; ``OnlineFeatures`` computes the features of
   each candidate (user, item, user × item, context, session, and what each retrieval source said:
   fused score, rank, per-source score and rank); the ranker turns them into a calibrated
-  probability that the shopper engages with the item within ``label_window_s``; items are
-  returned by that probability (ties inside an isotonic step broken by the raw logit).
+  probability that the shopper engages with the item within ``label_window_s``. The final score
+  interpolates it with the retriever's own order, ``(1 - w) * prior(position) + w * p_ranker``
+  (``ranker_weight`` w; ``prior`` is the engagement rate at each retrieval position), calibrated
+  on the last training cut; items are returned by that score (ties broken by the raw logit, then
+  the retrieval position). w = 0 is exactly the retriever's order, with calibrated probabilities.
 * **training** (``fit``): the same protocol as a temporal evaluation, replayed inside the
-  training window. At each of ``n_cuts`` request moments ``c_k = end - k * spacing`` the
+  training window. At each of ``n_cuts`` request moments ``c_k = end - window - k * spacing``
+  (every label window ends inside the data) the
   retriever is fitted on the events before ``c_k`` only; every shopper with history before
   ``c_k`` who comes back in ``[c_k, c_k + label_window)`` is a request; the retriever's actual
   candidates for them are the examples (positives: engaged in the window; negatives: sampled
@@ -37,7 +41,8 @@ then segment popularity) and is ranked with "no history" user features.
 
 Saved as a folder, without pickle::
 
-    manifest.json     kind "twostage", config, feature set + version, outside rate, clocks
+    manifest.json     kind "twostage", config, feature set + version, outside rate, clocks,
+                      interpolation (position prior and final calibrator)
     arrays.npz        training user and item ids (what ``score_users`` indexes)
     retriever/        the retriever's own format
     ranker/           the ranker's own format (ranker.json + weights)
@@ -80,6 +85,7 @@ from shelf.models.io import (
     save_bundle,
 )
 from shelf.models.ranking import (
+    Calibrator,
     LabelConfig,
     LightGBMRanker,
     NeuralRanker,
@@ -111,10 +117,18 @@ class TwoStageConfig:
         negatives_per_positive / min_negatives: negatives sampled per request from the
             candidates retrieval actually returned (weighted by the inverse sampling rate).
         max_requests_per_cut: cap on requests per cut (a random sample of the returning shoppers).
+        min_requests: when the ``n_cuts`` latest request moments hold fewer requests than this,
+            earlier moments (same spacing) are added until they do, up to ``4 * n_cuts`` moments
+            or the start of the data (0: exactly ``n_cuts``).
         source_features: add each retrieval source's score and rank to the default features.
         save_events: keep the online feature state (events, catalogue, profiles) in the saved
             folder, so a loaded model answers exactly as the saved one; without it, feed events
             with ``update`` after loading.
+        ranker_weight: the final score interpolates the retriever's order and the ranker,
+            ``(1 - w) * prior(retrieval position) + w * p_ranker`` (both engagement probabilities),
+            then calibrates it on the last cut. ``0`` reproduces the retriever's order exactly
+            (with calibrated probabilities), ``1`` is the ranker alone. Choose it on a validation
+            cut (``with_ranker_weight`` re-weights a fitted model without refitting).
     """
 
     n_candidates: int = 200
@@ -124,8 +138,10 @@ class TwoStageConfig:
     negatives_per_positive: int = 10
     min_negatives: int = 10
     max_requests_per_cut: int = 5000
+    min_requests: int = 0
     source_features: bool = True
     save_events: bool = True
+    ranker_weight: float = 0.5  # the validation cuts of both real logs preferred 0.25-0.5
     seed: int = 0
 
     def validate(self) -> None:
@@ -135,8 +151,12 @@ class TwoStageConfig:
             raise ModelError("label_window_s and cut_spacing_s must be positive numbers of seconds")
         if self.n_cuts < 2:
             raise ModelError(f"n_cuts must be at least 2 (the last cut validates the ranker), got {self.n_cuts}")
+        if self.min_requests < 0:
+            raise ModelError(f"min_requests must be >= 0, got {self.min_requests}")
         if self.negatives_per_positive < 1 or self.min_negatives < 1 or self.max_requests_per_cut < 1:
             raise ModelError("negatives_per_positive, min_negatives and max_requests_per_cut must be >= 1")
+        if not 0.0 <= self.ranker_weight <= 1.0:
+            raise ModelError(f"ranker_weight must lie in [0, 1], got {self.ranker_weight!r}")
 
 
 @dataclass(frozen=True)
@@ -253,6 +273,72 @@ def _fit_ranker(template: RankerBase, data: RankingSet) -> RankerBase:
     return type(template)(config).fit(data)
 
 
+def _position_key(positions: np.ndarray) -> np.ndarray:
+    """What the retrieval prior reads: larger for earlier positions (0 = the retriever's top)."""
+    return -np.log1p(np.asarray(positions, dtype=np.float64))
+
+
+@dataclasses.dataclass
+class Interpolation:
+    """Final score of a candidate: ``(1 - w) * prior(position) + w * p_ranker``, then calibrated.
+
+    ``prior`` maps the retriever's position to an engagement probability (isotonic, fitted on the
+    earlier cuts); ``final`` calibrates the interpolated score on the last cut (the ranker's own
+    validation cut). ``held`` keeps the last cut's (prior, ranker probability, label, weight) so
+    that another weight can be calibrated without refitting anything.
+    """
+
+    prior: Calibrator
+    final: Calibrator
+    weight: float
+    held: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None
+
+    @classmethod
+    def fit(cls, ranker: RankerBase, data: RankingSet, weight: float, method: str) -> Interpolation:
+        positions = np.asarray(data.examples["candidate_rank"].to_numpy(zero_copy_only=False), dtype=np.float64)
+        last = data.timestamp_us == data.timestamp_us.max()
+        early = ~last if (~last).any() else last
+        prior = Calibrator("isotonic").fit(_position_key(positions[early]), data.labels[early], data.weights[early])
+        held_rows = np.flatnonzero(last)
+        p_ranker, _ = ranker.predict_with_logits(data.features.take(held_rows))
+        held = (prior(_position_key(positions[held_rows])), p_ranker, data.labels[held_rows].astype(np.float64),
+                data.weights[held_rows].astype(np.float64))
+        out = cls(prior, Calibrator(method), weight, held)
+        return out.reweighted(weight)
+
+    def reweighted(self, weight: float) -> Interpolation:
+        if self.held is None:
+            raise ModelError("this model was loaded from disk without its calibration cut; refit it to change ranker_weight")
+        prior, p_ranker, y, w = self.held
+        final = Calibrator(self.final.method).fit(self.mix(prior, p_ranker, weight), y, w)
+        return Interpolation(self.prior, final, weight, self.held)
+
+    @staticmethod
+    def mix(prior: np.ndarray, p_ranker: np.ndarray, weight: float) -> np.ndarray:
+        if weight <= 0.0:
+            return np.asarray(prior, dtype=np.float64)
+        if weight >= 1.0:
+            return np.asarray(p_ranker, dtype=np.float64)
+        return (1.0 - weight) * prior + weight * p_ranker
+
+    def __call__(self, p_ranker: np.ndarray, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(probabilities, order)`` of candidates given in retrieval order."""
+        positions = np.arange(len(p_ranker))
+        key = self.mix(self.prior(_position_key(positions)), p_ranker, self.weight)
+        p = self.final(key)
+        p = np.where(np.isfinite(p), p, 0.0)
+        if self.weight <= 0.0:
+            return p, np.lexsort((positions, -key))  # exactly the retriever's order
+        return p, np.lexsort((positions, -logits, -key))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"prior": self.prior.to_dict(), "final": self.final.to_dict(), "weight": self.weight}
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> Interpolation:
+        return cls(Calibrator.from_dict(raw["prior"]), Calibrator.from_dict(raw["final"]), float(raw["weight"]))
+
+
 # ---------------------------------------------------------------------------------------------
 # The model
 
@@ -289,6 +375,10 @@ class TwoStage:
             if config.source_features and sources:
                 feature_set = FeatureSet([*feature_set.features, *source_score_features(sources)])
         self.retriever = retriever
+        # Every fit (one per request moment, then the final one) starts from a pristine copy: a
+        # retriever refitted in place may keep caches of its previous fit (id indexes, matrices),
+        # which would make the training candidates differ from what the retriever serves alone.
+        self._retriever_template = copy.deepcopy(retriever)
         self.ranker = ranker
         self.feature_set = feature_set
         self.config = config
@@ -318,16 +408,31 @@ class TwoStage:
         end = _us(data.as_of) if data.as_of is not None else int(data.timestamp.max()) + 1
         spacing = (c.cut_spacing_s or c.label_window_s) * 1_000_000
         first = int(data.timestamp.min()) if len(data) else end
-        return [end - k * spacing for k in range(c.n_cuts, 0, -1) if end - k * spacing > first]
+        # Every label window ends inside the data: a cut closer to the end would see only part of
+        # its window, under-count positives and bias the calibration the last cut provides.
+        last = end - c.label_window_s * 1_000_000
+        most = c.n_cuts * (4 if c.min_requests > 0 else 1)
+        cuts = [last - k * spacing for k in range(most - 1, -1, -1) if last - k * spacing > first]
+        keep = min(c.n_cuts, len(cuts))
+        if c.min_requests > 0:
+            found = sum(len(self._returning(data, cut)) for cut in cuts[len(cuts) - keep:])
+            while found < c.min_requests and keep < len(cuts):
+                keep += 1
+                found += len(self._returning(data, cuts[len(cuts) - keep]))
+        return cuts[len(cuts) - keep:]
 
-    def _requests_at(self, data: Interactions, cut: int, rng: np.random.Generator) -> np.ndarray:
+    def _returning(self, data: Interactions, cut: int) -> np.ndarray:
         """Indices of shoppers with history before ``cut`` who engage in ``[cut, cut + window)``."""
         window = self.config.label_window_s * 1_000_000
         engaged_kinds = [i for i, t in enumerate(data.event_types) if t in ENGAGEMENT_TYPES]
         ts, user = data.timestamp, data.user
         before = np.unique(user[(ts < cut) & (user >= 0)])
         after = (ts >= cut) & (ts < cut + window) & (user >= 0) & np.isin(data.kind, engaged_kinds)
-        users = np.intersect1d(before, np.unique(user[after]))
+        return np.intersect1d(before, np.unique(user[after]))
+
+    def _requests_at(self, data: Interactions, cut: int, rng: np.random.Generator) -> np.ndarray:
+        """``_returning`` shoppers, at most ``max_requests_per_cut`` of them (a random sample)."""
+        users = self._returning(data, cut)
         if len(users) > self.config.max_requests_per_cut:
             users = np.sort(rng.choice(users, self.config.max_requests_per_cut, replace=False))
         return users
@@ -355,8 +460,9 @@ class TwoStage:
                 item_table=_before(data.item_table, "valid_from", when),
                 user_table=_before(data.user_table, "valid_from", when),
             )
+            retriever = copy.deepcopy(self._retriever_template)
             try:
-                self.retriever.fit(sub)
+                retriever.fit(sub)
             except ModelFitError:
                 continue  # too little history before this cut; later cuts may still work
             window_end = cut + c.label_window_s * 1_000_000
@@ -364,7 +470,7 @@ class TwoStage:
             hits_out = slots = 0.0
             for u in users.tolist():
                 uid = str(data.users.ids[u])
-                found = candidates_of(self.retriever, Query(uid, context=_context(when)), c.n_candidates)
+                found = candidates_of(retriever, Query(uid, context=_context(when)), c.n_candidates)
                 candidates[(uid, cut - 1)] = found
                 request_rows.append((uid, cut - 1))
                 got = set(found.items.tolist())
@@ -398,8 +504,11 @@ class TwoStage:
         )
         built = time.perf_counter()
         ranker = _fit_ranker(self.ranker, ranking)
+        self.interpolation_ = Interpolation.fit(ranker, ranking, c.ranker_weight, ranker.config.calibration)
         ranked = time.perf_counter()
-        self.retriever.fit(data)
+        retriever = copy.deepcopy(self._retriever_template)
+        retriever.fit(data)
+        self.retriever = retriever
         self.ranker_ = ranker
         self.ranking_set_ = ranking
         self.p_outside_ = float(outside_hits / outside_slots) if outside_slots > 0 else 0.0
@@ -463,9 +572,28 @@ class TwoStage:
         found = candidates_of(self.retriever, query, size)
         if not len(found):
             return found, np.empty(0), np.empty(0, dtype=np.int64)
-        p, logits = self.ranker_.predict_with_logits(self.online_.frame(query, found))
-        order = np.lexsort((np.arange(len(p)), -logits, -p))
+        p_ranker, logits = self.ranker_.predict_with_logits(self.online_.frame(query, found))
+        interpolation = self.__dict__.get("interpolation_")
+        if interpolation is None:  # saved before the interpolation existed: the ranker alone
+            return found, p_ranker, np.lexsort((np.arange(len(p_ranker)), -logits, -p_ranker))
+        p, order = interpolation(p_ranker, logits)
         return found, p, order
+
+    def with_ranker_weight(self, weight: float) -> TwoStage:
+        """This fitted model with another ``ranker_weight`` (only the final calibration is refitted).
+
+        Retriever, ranker and online state are shared with ``self``.
+        """
+        self._check_fitted()
+        config = dataclasses.replace(self.config, ranker_weight=float(weight))
+        config.validate()
+        interpolation = self.__dict__.get("interpolation_")
+        if interpolation is None:
+            raise ModelError("this model was saved before ranker_weight existed; refit it to change the weight")
+        twin = copy.copy(self)
+        twin.config = config
+        twin.interpolation_ = interpolation.reweighted(config.ranker_weight)
+        return twin
 
     def retrieve(self, query: Query, n: int) -> Scored:
         """The ``n`` most likely engagements among the retrieved candidates (fewer only if the catalogue is smaller)."""
@@ -510,7 +638,9 @@ class TwoStage:
         if len(sub) == len(self.ranker_.feature_set_):
             raise ModelError(f"feature group(s) {list(groups)} are not in the feature set (groups: {self.ranker_.feature_set_.groups})")
         twin = copy.copy(self)
-        twin.ranker_ = _fit_ranker(self.ranker, self.ranking_set_.with_features(sub))
+        ranking = self.ranking_set_.with_features(sub)
+        twin.ranker_ = _fit_ranker(self.ranker, ranking)
+        twin.interpolation_ = Interpolation.fit(twin.ranker_, ranking, self.config.ranker_weight, twin.ranker_.config.calibration)
         return twin
 
     # -- persistence ----------------------------------------------------------------------------
@@ -539,6 +669,7 @@ class TwoStage:
                 "feature_set_version": self.feature_set_version,
                 "template_feature_set": json.loads(self.feature_set.to_json()),
                 "p_outside": self.p_outside_,
+                "interpolation": self.interpolation_.to_dict(),
                 "as_of_us": self.as_of_us_,
                 "clock_us": self.clock_us_,
                 "fit_stats": getattr(self, "fit_stats_", {}),
@@ -562,6 +693,8 @@ class TwoStage:
             raise ModelFormatError(f"{folder}: the ranker's feature set does not match the manifest's version")
         model.ranker_ = ranker
         model.p_outside_ = float(bundle.meta["p_outside"])
+        if "interpolation" in bundle.meta:
+            model.interpolation_ = Interpolation.from_dict(bundle.meta["interpolation"])
         model.user_ids_ = bundle.arrays["user_ids"].astype(object)
         model.item_ids_ = bundle.arrays["item_ids"].astype(object)
         model.as_of_us_ = int(bundle.meta["as_of_us"])

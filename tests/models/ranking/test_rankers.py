@@ -125,3 +125,16 @@ def test_unfitted_and_degenerate_data_are_refused(ranking_set: RankingSet) -> No
     all_zero = replace(ranking_set, labels=np.zeros_like(ranking_set.labels))
     with pytest.raises(ModelFitError, match="labels are all 0"):
         LightGBMRanker().fit(all_zero)
+
+
+def test_lightgbm_lambdarank_groups_requests_and_is_calibrated(ranking_set: RankingSet) -> None:
+    from shelf.models.ranking.gbdt import _groups
+
+    np.testing.assert_array_equal(_groups(np.array([3, 3, 5, 5, 5, 7])), [2, 3, 1])
+    assert _groups(np.empty(0, dtype=np.int64)).size == 0
+    ranker = LightGBMRanker(LightGBMRankerConfig(objective="lambdarank", max_rounds=40, early_stopping_rounds=10)).fit(ranking_set)
+    _, valid = ranking_set.split_by_time(0.2)
+    p = ranker.predict_frame(valid.features)
+    assert np.all((p >= 0) & (p <= 1)) and roc_auc(valid.labels, p, valid.weights) > 0.6
+    with pytest.raises(Exception, match="objective"):
+        LightGBMRanker(LightGBMRankerConfig(objective="poisson")).fit(ranking_set)
