@@ -137,6 +137,16 @@ def run_case(case: Case, models: list[str], runs: int, work: Path) -> str:
             unfit[name] = str(error).splitlines()[0][:160]
     models = [m for m in models if m not in unfit]
     factories = {m: factories[m] for m in models}
+    blends: list[Any] = []
+    if "shelf-blend" in factories:
+        make_blend = factories["shelf-blend"]
+
+        def keep_blend() -> Any:
+            model = make_blend()
+            blends.append(model)
+            return model
+
+        factories["shelf-blend"] = keep_blend
     started = time.perf_counter()
     result = evaluate(None, built, factories, ks=(10, 20), target=ANY_ENGAGEMENT, views=("all", "new") if case.kind == "user" else ("all",))
     wall = time.perf_counter() - started
@@ -163,6 +173,9 @@ def run_case(case: Case, models: list[str], runs: int, work: Path) -> str:
                 f"{ci.difference:+.4f} [{ci.low:+.4f}, {ci.high:+.4f}] |"
             )
         lines.append("")
+    if blends:
+        lines.append(_tuning_line(blends[-1]))
+        lines.append("")
     lines.append(f"Evaluation wall time (fit + score + metrics, all models, one run): {wall:.1f} s. {len(result.notes)} note(s): " + "; ".join(result.notes))
     lines.append("")
     lines.append(f"| model | fit s (median of {runs}) | peak memory MiB above start (median) |")
@@ -174,6 +187,27 @@ def run_case(case: Case, models: list[str], runs: int, work: Path) -> str:
         lines.append(f"| {name} | cannot fit this data: {reason} | |")
     lines.append("")
     return "\n".join(lines)
+
+
+def _tuning_line(blend: Any) -> str:
+    """What shelf-blend's tuning picked on its hold-out (training side only) for the test fit."""
+    report = getattr(blend, "tuning_report_", None)
+    if report is None or isinstance(report, str):
+        return f"shelf-blend tuning did not run: {report or 'no report'}; the configured weights served."
+
+    def weights(table: dict[str, float] | None) -> str:
+        return ", ".join(f"{k} {v:g}" for k, v in (table or {}).items() if v > 0) or "-"
+
+    stages = ", ".join(
+        f"{stage} {report.ndcg_default[stage]:.4f} → {report.ndcg_tuned[stage]:.4f}" for stage in report.ndcg_default
+    )
+    return (
+        f"shelf-blend tuning (hold-out carved from the training side, {report.cuts} cut(s), "
+        f"{report.user_queries} user / {report.session_queries} session queries; NDCG@10 prior → tuned: {stages}): "
+        f"fusion {report.fusion}; user weights: {weights(report.weights)}; session weights: "
+        f"{weights(report.session_weights) if report.session_weights is not None else 'as user'}; "
+        f"seen items demoted: {'yes' if report.masked_seen else 'no'}."
+    )
 
 
 def main(argv: list[str]) -> None:
