@@ -45,7 +45,7 @@ Saved as a folder, without pickle::
                       interpolation (position prior and final calibrator)
     arrays.npz        training user and item ids (what ``score_users`` indexes)
     retriever/        the retriever's own format
-    ranker/           the ranker's own format (ranker.json + weights)
+    ranker/           the ranker (manifest.json + weights)
     state/*.parquet   events, catalogue and profiles the online features were loaded with
 """
 

@@ -92,8 +92,8 @@ def test_nan_and_infinite_inputs_never_give_nan(fitted: RankerBase, ranking_set:
 def test_save_load_round_trip(fitted: RankerBase, ranking_set: RankingSet, tmp_path: Path) -> None:
     fitted.save(tmp_path / "r")
     assert not list((tmp_path / "r").glob("*.pkl"))
-    card = json.loads((tmp_path / "r" / "ranker.json").read_text())
-    assert card["feature_set_version"] == ranking_set.feature_set.version
+    card = json.loads((tmp_path / "r" / "manifest.json").read_text())
+    assert card["meta"]["feature_set_version"] == ranking_set.feature_set.version
     loaded = type(fitted).load(tmp_path / "r")
     assert loaded.feature_set_.version == ranking_set.feature_set.version
     frame = ranking_set.features.take(np.arange(100))
@@ -101,8 +101,12 @@ def test_save_load_round_trip(fitted: RankerBase, ranking_set: RankingSet, tmp_p
     other = LightGBMRanker if isinstance(fitted, NeuralRanker) else NeuralRanker
     with pytest.raises(ModelFormatError, match="expected"):
         other.load(tmp_path / "r")
-    with pytest.raises(ModelFormatError, match="no ranker.json"):
+    with pytest.raises(ModelFormatError, match="no manifest.json"):
         type(fitted).load(tmp_path / "missing")
+    weights = tmp_path / "r" / fitted.model_file
+    weights.write_bytes(weights.read_bytes()[:-10])
+    with pytest.raises(ModelFormatError, match="checksum"):
+        type(fitted).load(tmp_path / "r")
 
 
 def test_scoring_500_candidates_is_batched_and_fast(fitted: RankerBase, ranking_set: RankingSet) -> None:

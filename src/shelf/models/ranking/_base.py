@@ -5,8 +5,9 @@ A ranker implements ``_train(train, valid)`` (learn; early-stop on ``valid``), `
 
 Saved as a folder, no pickle::
 
-    ranker.json     kind, config, feature set (declarations + version), encoder (vocabularies,
-                    scaling), calibrator; written last, so a half-written folder is refused
+    manifest.json   written by ``shelf.models.io`` (last, so a half-written folder is refused):
+                    kind, config, the weights file's checksum, and as metadata the feature set
+                    (declarations + version), encoder (vocabularies, scaling) and calibrator
     model.*         the learned weights (safetensors for torch, LightGBM's text format)
 """
 
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, Self, runtime_checkable
 
@@ -23,20 +23,18 @@ import numpy as np
 from shelf.features import FeatureFrame, FeatureSet, OnlineFeatures
 from shelf.models.base import Query, Scored
 from shelf.models.io import (
+    MANIFEST,
     ModelError,
     ModelFitError,
-    ModelFormatError,
     NotFittedError,
     config_from_dict,
     config_to_dict,
+    read_manifest,
+    write_manifest,
 )
 from shelf.models.ranking.calibration import Calibrator
 from shelf.models.ranking.data import RankingSet
 from shelf.models.ranking.encoding import EncoderConfig, FeatureEncoder
-
-RANKER_FORMAT = "shelf-ranker"
-RANKER_FORMAT_VERSION = 1
-RANKER_MANIFEST = "ranker.json"
 
 
 class FeatureSource(Protocol):
@@ -169,43 +167,25 @@ class RankerBase:
         self._check_fitted()
         folder = Path(path)
         folder.mkdir(parents=True, exist_ok=True)
-        manifest = folder / RANKER_MANIFEST
+        manifest = folder / MANIFEST
         if manifest.exists():
-            manifest.unlink()
+            manifest.unlink()  # the folder is invalid until the new manifest lands
         self._save_model(folder)
         config = config_to_dict(self.config)
         config["encoder"] = dataclasses.asdict(self.config.encoder)
-        body = {
-            "format": RANKER_FORMAT,
-            "format_version": RANKER_FORMAT_VERSION,
-            "kind": self.name,
-            "config": config,
+        meta = {
             "feature_set": json.loads(self.feature_set_.to_json()),
             "feature_set_version": self.feature_set_.version,
             "encoder": self.encoder_.to_dict(),
             "calibrator": self.calibrator_.to_dict(),
         }
-        tmp = folder / (RANKER_MANIFEST + ".tmp")
-        tmp.write_text(json.dumps(body, allow_nan=False, sort_keys=True))
-        os.replace(tmp, manifest)
-        return folder
+        return write_manifest(folder, kind=self.name, config=config, meta=meta, data_file=self.model_file)
 
     @classmethod
     def load(cls, path: Path | str, *, features: FeatureSource | None = None) -> Self:
         folder = Path(path)
-        manifest = folder / RANKER_MANIFEST
-        if not manifest.is_file():
-            raise ModelFormatError(f"{folder}: no {RANKER_MANIFEST}; not a saved ranker (or its save did not finish)")
-        try:
-            body = json.loads(manifest.read_text())
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ModelFormatError(f"{manifest}: corrupted ({e})") from e
-        if body.get("format") != RANKER_FORMAT:
-            raise ModelFormatError(f"{manifest}: not a shelf ranker")
-        if int(body.get("format_version", 0)) > RANKER_FORMAT_VERSION:
-            raise ModelFormatError(f"{folder}: saved by a newer shelf (format {body['format_version']}); upgrade to load it")
-        if body.get("kind") != cls.name:
-            raise ModelFormatError(f"{folder}: holds a {body.get('kind')!r} ranker, expected {cls.name!r}")
+        manifest, _ = read_manifest(folder, kind=cls.name)  # format, version, kind, weights checksum
+        body = {"config": manifest["config"], **manifest["meta"]}
         config = dict(body["config"])
         encoder_config = EncoderConfig(**config.pop("encoder"))
         model = cls(config_from_dict(cls.config_class, {**config, "encoder": encoder_config}), features=features)
