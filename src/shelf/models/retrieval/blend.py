@@ -191,7 +191,12 @@ class BlendRetriever:
     @property
     def active_sources(self) -> dict[str, Any]:
         self._check_fitted()
-        return {k: v for k, v in self.sources.items() if k not in self.skipped_sources_}
+        # Asked several times per request: built once per fit/load (keyed on the skip list it read).
+        skipped, active = self.__dict__.get("_active", (None, None))
+        if skipped is not self.skipped_sources_ or active is None:
+            active = {k: v for k, v in self.sources.items() if k not in self.skipped_sources_}
+            self.__dict__["_active"] = (self.skipped_sources_, active)
+        return dict(active)
 
     # -- routing --------------------------------------------------------------------------------
 
@@ -217,12 +222,20 @@ class BlendRetriever:
 
     def _contributions(self, ranked: np.ndarray, values: np.ndarray, weight: float, fusion: str | None = None) -> np.ndarray:
         if (fusion or self.__dict__.get("fusion_", self.config.fusion)) == "rrf":
+            if ranked.ndim == 1:  # one request: weight over the cached reciprocal ranks
+                return weight * self._reciprocal_ranks(len(ranked))
             ranks = np.arange(1, ranked.shape[-1] + 1, dtype=np.float64)
             return np.broadcast_to(weight / (self.config.rrf_k + ranks), ranked.shape).copy()
         lo = values.min(axis=-1, keepdims=True)
         hi = values.max(axis=-1, keepdims=True)
         span = np.where(hi > lo, hi - lo, 1.0)
         return weight * (0.1 + 0.9 * (values - lo) / span)
+
+    def _reciprocal_ranks(self, length: int) -> np.ndarray:
+        cached = self.__dict__.get("_reciprocal")
+        if cached is None or len(cached) < length:
+            cached = self.__dict__["_reciprocal"] = 1.0 / (self.config.rrf_k + np.arange(1, max(length, self.config.candidates_per_source) + 1, dtype=np.float64))
+        return cached[:length]
 
     def _fill_order(self, raw: Mapping[str, np.ndarray]) -> np.ndarray:
         """Scores that order the filler items: the fallback's, then catalogue order."""
@@ -283,7 +296,7 @@ class BlendRetriever:
             src_parts.append(np.full(len(top), s, dtype=np.int64))
         seen = self._seen_items(query.user_id) if stage == "user" else np.empty(0, dtype=np.int64)
         names_arr = np.array(names + ["catalogue"], dtype=object)
-        chosen, scores_out, sources_out = self._fuse(idx_parts, contrib_parts, src_parts, seen, n)
+        chosen, scores_out, sources_out = self._fuse(idx_parts, contrib_parts, src_parts, len(names), seen, n)
         sources_out = names_arr[sources_out]
         if len(chosen) < n:
             extra, fill_values = self._fill(per.get(fallback) if fallback else None, n - len(chosen), np.union1d(banned, chosen), seen)
@@ -309,23 +322,19 @@ class BlendRetriever:
 
     @staticmethod
     def _fuse(
-        idx_parts: list[np.ndarray], contrib_parts: list[np.ndarray], src_parts: list[np.ndarray], seen: np.ndarray, n: int
+        idx_parts: list[np.ndarray], contrib_parts: list[np.ndarray], src_parts: list[np.ndarray], n_sources: int, seen: np.ndarray, n: int
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Sum the sources' contributions per item; the best ``n`` (ties: lower index), each with
         the source that contributed most (first source on ties). Seen items never win here."""
         if not idx_parts:
             return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float64), np.empty(0, dtype=np.int64)
-        idx_all = np.concatenate(idx_parts)
-        contrib_all = np.concatenate(contrib_parts)
-        src_all = np.concatenate(src_parts)
-        items, inverse = np.unique(idx_all, return_inverse=True)
-        # Summed in source order, as a dense accumulator would: identical floats, identical ties.
-        fused = np.bincount(inverse, weights=contrib_all, minlength=len(items))
-        order = np.lexsort((src_all, -contrib_all, inverse))
-        first = np.ones(len(order), dtype=bool)
-        first[1:] = inverse[order][1:] != inverse[order][:-1]
-        best = np.empty(len(items), dtype=np.int64)
-        best[inverse[order][first]] = src_all[order][first]
+        items, inverse = np.unique(np.concatenate(idx_parts), return_inverse=True)
+        # sources × candidates: summed down the source axis in source order, as a dense
+        # accumulator would (identical floats, identical ties); argmax keeps the first source.
+        table = np.zeros((n_sources, len(items)), dtype=np.float64)
+        table[np.concatenate(src_parts), inverse] = np.concatenate(contrib_parts)
+        fused = table.sum(axis=0)
+        best = table.argmax(axis=0)
         keep = fused > 0
         if len(seen):
             keep &= ~np.isin(items, seen)  # already-seen items only come back as the very last filler
