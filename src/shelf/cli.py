@@ -605,17 +605,19 @@ def _demo_serve(app: _App, lake: Any, port: int) -> None:
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind (0.0.0.0: every interface).")
 @click.option("--port", type=int, default=8000, show_default=True)
+@click.option("--access-log/--no-access-log", default=False, show_default=True,
+              help="One log line per request (costs throughput at peak; /metrics has per-route latency histograms either way).")
 @click.pass_context
-def serve(ctx: click.Context, host: str, port: int) -> None:
+def serve(ctx: click.Context, host: str, port: int, access_log: bool) -> None:
     """Run the HTTP API (events, recommendations, similar items) on the promoted bundle.
 
     One process per workspace (it holds the write-ahead log's lock); stop it with Ctrl-C or
     SIGTERM, which drains requests in flight. Create a key first: shelf keys create --role admin.
     """
-    _serve(_app(ctx), host, port)
+    _serve(_app(ctx), host, port, access_log=access_log)
 
 
-def _serve(app: _App, host: str, port: int) -> None:
+def _serve(app: _App, host: str, port: int, *, access_log: bool = False) -> None:
     try:
         import uvicorn
 
@@ -629,7 +631,9 @@ def _serve(app: _App, host: str, port: int) -> None:
         click.echo("note: no active API key yet; every route but /health, /ready and /metrics answers 401. "
                    "Create one with: shelf keys create --role admin", err=True)
     click.echo(f"shelf serving {app.settings.home.resolve()} on http://{host}:{port} (docs: /docs)", err=True)
-    uvicorn.run(create_app(app.settings), host=host, port=port, log_level="info", timeout_graceful_shutdown=10)
+    # loop/http stay "auto": uvloop and httptools (uvicorn[standard]) where installed, as benchmarked.
+    uvicorn.run(create_app(app.settings), host=host, port=port, log_level="info", access_log=access_log,
+                timeout_graceful_shutdown=10)
 
 
 @main.group()
