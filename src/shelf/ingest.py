@@ -15,6 +15,9 @@ A whole ingest commits at once: it lands completely or not at all.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import os
 import queue
 import threading
 import time
@@ -42,6 +45,7 @@ Kind = Literal["events", "items", "users"]
 T = TypeVar("T")
 # How many reasons a report keeps in memory for printing; the rejects file has all of them.
 KEPT_ERRORS = 200
+_END = object()  # what the read-ahead thread hands over after the last batch
 
 
 class TooManyRejects(InputError):
@@ -140,41 +144,44 @@ def _read_ahead(batches: Iterable[T]) -> Iterator[T]:
     """Yield ``batches`` while a thread reads the next one (one batch ahead, so memory stays flat).
 
     Parsing (pyarrow) and validation (DuckDB) release the GIL, so reading the next batch overlaps
-    with checking and writing this one. The reader's exceptions surface here, in order.
+    with checking and writing this one. The reader starts a batch only once the previous one was
+    taken: a queue alone would let it hold one batch in the queue and build another (two ahead).
+    The reader's exceptions surface here, in order.
     """
     ready: queue.Queue[tuple[str, object]] = queue.Queue(maxsize=1)
+    taken = threading.Semaphore(1)  # a permit to read one more batch
     stop = threading.Event()
 
-    def hand_over(message: tuple[str, object]) -> bool:
+    def wait_for_permit() -> bool:
         while not stop.is_set():
-            try:
-                ready.put(message, timeout=0.1)
+            if taken.acquire(timeout=0.1):
                 return True
-            except queue.Full:
-                continue
         return False
 
     def read() -> None:
         try:
-            for batch in batches:
-                if not hand_over(("batch", batch)):
+            iterator = iter(batches)
+            while wait_for_permit():
+                batch = next(iterator, _END)
+                ready.put(("end", None) if batch is _END else ("batch", batch))  # room: one permit
+                if batch is _END:
                     return
-            hand_over(("end", None))
         except BaseException as exc:  # handed to the consumer, which raises it
-            hand_over(("error", exc))
+            ready.put(("error", exc))
 
     reader = threading.Thread(target=read, name="shelf-ingest-reader", daemon=True)
     reader.start()
     try:
         while True:
             what, item = ready.get()
+            taken.release()
             if what == "end":
                 return
             if what == "error":
                 raise item  # type: ignore[misc]
             yield item  # type: ignore[misc]
     finally:
-        stop.set()  # a reader waiting to hand over a batch gives up within 0.1 s
+        stop.set()  # a reader waiting for a permit gives up within 0.1 s
         reader.join()
 
 
@@ -197,8 +204,9 @@ def ingest(
     validate = _validator(kind, pseudonymizer, rules, source)
     rejects = _RejectsLog(home, source, kind)
     started = time.perf_counter()
+    trim = _malloc_trim()
     try:
-        with lake.writer() as writer:  # type: ignore[attr-defined]
+        with _memory_returned_to_the_system(), lake.writer() as writer:  # type: ignore[attr-defined]
             append = {
                 "events": writer.append_events,
                 "items": writer.append_items,
@@ -229,12 +237,48 @@ def ingest(
                     appended = append(valid)
                     report.added += appended.added
                     report.duplicates += appended.duplicates
+                if trim is not None:
+                    trim(0)
                 if progress is not None:
                     progress(table.num_rows + len(problems))
     finally:
         report.rejects_file = rejects.close()
         report.seconds = time.perf_counter() - started
     return report
+
+
+@contextlib.contextmanager
+def _memory_returned_to_the_system() -> Iterator[None]:
+    """Arrow's system allocator while batches stream through (unless ARROW_DEFAULT_MEMORY_POOL
+    chooses one): mimalloc and jemalloc keep freed batch-sized blocks for reuse, which measured
+    ~80 MB more peak RSS on a 3M-event ingest; glibc hands such large blocks back at once, at no
+    measurable cost in speed. Buffers remember their pool, so switching mid-process is safe."""
+    if os.environ.get("ARROW_DEFAULT_MEMORY_POOL"):
+        yield
+        return
+    previous = pa.default_memory_pool()
+    pa.set_memory_pool(pa.system_memory_pool())
+    try:
+        yield
+    finally:
+        pa.set_memory_pool(previous)
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's ``malloc_trim``, called after each batch, or None on another C library.
+
+    glibc keeps freed blocks of a few MB in its per-thread arenas (its mmap threshold rises to
+    32 MB after the first large free), so without a trim the reader's, validator's and writer's
+    freed batches add up: on a 10M-event CSV ingest peak RSS measured 915 MB without it, 676 MB
+    with it, for ~2 s more CPU time in all.
+    """
+    try:
+        function = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_size_t]
+    function.restype = ctypes.c_int
+    return function
 
 
 def _keep(report: IngestReport, errors: list[RecordError]) -> None:

@@ -1,14 +1,29 @@
-"""The dedupe index, including keys that share their high 64 bits."""
+"""The dedupe index: exact membership, keys that share their high 64 bits, runs spilled to disk."""
 
 from __future__ import annotations
 
-import numpy as np
+from pathlib import Path
 
+import numpy as np
+import pytest
+
+from shelf.lake import keys
 from shelf.lake.keys import KeyIndex, first_occurrences
 
 
 def u64(values: list[int]) -> np.ndarray:
     return np.array(values, dtype=np.uint64)
+
+
+@pytest.fixture
+def tiny_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sizes small enough that a few hundred keys spill runs to disk, in many blocks and chunks."""
+    monkeypatch.setattr(keys, "MEMORY_RUN_KEYS", 64)
+    monkeypatch.setattr(keys, "BLOCK_KEYS", 8)
+    monkeypatch.setattr(keys, "CHUNK_KEYS", 24)
+    monkeypatch.setattr(keys, "MAPPED_KEYS", 5)
+    monkeypatch.setattr(keys, "FIRST_FILTER_KEYS", 32)
+    monkeypatch.setattr(keys, "FAN_IN", 3)
 
 
 def test_first_occurrences_compares_all_128_bits() -> None:
@@ -22,9 +37,9 @@ def test_first_occurrences_compares_all_128_bits() -> None:
 def test_index_membership_with_shared_high_halves() -> None:
     index = KeyIndex()
     index.add_sorted(u64([3, 3, 3, 7]), u64([30, 31, 32, 70]))
-    index.add_sorted(u64([3, 9]), u64([33, 90]))  # merged into one run (sizes 4 and 2)
+    index.add_sorted(u64([3, 9]), u64([33, 90]))
     index.add_sorted(u64([1]), u64([10]))
-    assert len(index) == 7 and index.nbytes == 7 * 16
+    assert len(index) == 7 and index.run_sizes == [4, 2, 1]
     found = index.contains(u64([1, 3, 3, 3, 7, 8, 9]), u64([10, 32, 33, 34, 71, 80, 90]))
     assert found.tolist() == [True, True, True, False, False, False, True]
 
@@ -37,4 +52,39 @@ def test_index_from_unsorted_keys_and_random_roundtrip() -> None:
     order = np.argsort(hi[1000:])
     index.add_sorted(hi[1000:][order], lo[1000:][order])
     assert index.contains(np.sort(hi), lo[np.argsort(hi)]).all()
+    assert index.contains(hi, lo).all()  # unsorted queries are answered in their own order
     assert not index.contains(hi, lo + np.uint64(1)).any()
+
+
+@pytest.mark.parametrize("high_values", [2**64 - 1, 40], ids=["spread", "shared-high-halves"])
+def test_spilled_runs_answer_exactly_like_a_set(tiny_runs: None, tmp_path: Path, high_values: int) -> None:
+    rng = np.random.default_rng(7)
+    index = KeyIndex(tmp_path)
+    held: set[tuple[int, int]] = set()
+    for _ in range(30):
+        hi = rng.integers(0, high_values, 37, dtype=np.uint64)
+        lo = rng.integers(0, 2**64 - 1, 37, dtype=np.uint64)
+        fresh = ~index.contains(hi, lo)
+        assert fresh.tolist() == [(int(h), int(v)) not in held for h, v in zip(hi, lo, strict=True)]
+        order = np.argsort(hi)
+        index.add_sorted(hi[order], lo[order])
+        held |= {(int(h), int(v)) for h, v in zip(hi, lo, strict=True)}
+    assert index.disk_bytes > 0 and len(index) == len(held)
+    every = np.array(sorted(held), dtype=np.uint64)
+    assert index.contains(every[:, 0], every[:, 1]).all()  # dense lookups: runs streamed
+    assert index.contains(every[::50, 0], every[::50, 1]).all()  # sparse lookups: runs mapped
+    assert not index.contains(every[:, 0], every[:, 1] ^ np.uint64(1)).any()
+    assert not index.contains(every[::50, 0] + np.uint64(1), every[::50, 1]).any()
+    assert list(tmp_path.iterdir()) == []  # scratch files are unlinked from the start
+    index.close()
+
+
+def test_a_long_stretch_of_one_high_half_spans_blocks_and_chunks(tiny_runs: None, tmp_path: Path) -> None:
+    index = KeyIndex(tmp_path)
+    for start in range(0, 200, 20):
+        index.add_sorted(np.full(20, 5, dtype=np.uint64), np.arange(start, start + 20, dtype=np.uint64))
+    assert index.disk_bytes > 0
+    assert index.contains(np.full(200, 5, dtype=np.uint64), np.arange(200, dtype=np.uint64)).all()
+    assert index.contains(u64([5, 5]), u64([0, 199])).all()
+    assert not index.contains(u64([5, 5, 4, 6]), u64([200, 10**9, 0, 0])).any()
+    index.close()

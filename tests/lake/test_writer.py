@@ -38,6 +38,26 @@ def test_duplicates_inside_one_batch_and_across_batches_of_a_session(lake: Lake)
     ]
 
 
+def test_dedupe_stays_exact_when_the_key_index_spills_to_disk(lake: Lake, monkeypatch: pytest.MonkeyPatch) -> None:
+    from shelf.lake import keys
+
+    # Tiny sizes: a few hundred events put most keys in scratch files, in several levels of runs.
+    for name, value in (("MEMORY_RUN_KEYS", 40), ("BLOCK_KEYS", 4), ("CHUNK_KEYS", 16), ("FAN_IN", 2), ("FIRST_FILTER_KEYS", 16)):
+        monkeypatch.setattr(keys, name, value)
+    with lake.writer() as w:
+        for start in range(0, 300, 30):
+            assert w.append_events(events(n=30, start=start)) == AppendReport(30, 0)
+        assert w.append_events(events(n=50, start=280)) == AppendReport(30, 20)  # 280..299 are in
+    # A new session (as after a restart) rebuilds the index from the committed parts.
+    with lake.writer() as w:
+        assert w.append_events(events(n=330, start=0)) == AppendReport(0, 330)
+        repeated = events([("e5", "i1", 1.0), ("new-1", "i1", 2.0), ("new-1", "i2", 3.0), ("e329", "i1", 4.0)])
+        assert w.append_events(repeated) == AppendReport(added=1, duplicates=3)
+        assert w.append_events(events(n=5, start=325)) == AppendReport(added=0, duplicates=5)
+    assert lake.snapshot().count_events() == 331
+    assert not list(lake.path.glob(keys.SCRATCH_PREFIX + "*"))  # scratch files never show up
+
+
 def test_validated_events_append_and_parts_are_sorted_by_time(lake: Lake, dev_key: bytes) -> None:
     raw = pa.table(
         {

@@ -466,7 +466,9 @@ class ParquetSource:
         self.path = path
         self.batch_rows = batch_rows
         try:
-            self._file = pq.ParquetFile(path)
+            # No pre-buffering: its read cache keeps every row group read so far until the file is
+            # closed, so memory would grow with the file (~30 MB per million events).
+            self._file = pq.ParquetFile(path, pre_buffer=False)
         except (pa.ArrowException, OSError) as exc:
             raise InputError(f"{path}: not a readable Parquet file ({exc})") from exc
         if self._file.metadata.num_rows == 0:

@@ -1,4 +1,4 @@
-"""The event-id dedupe index: 128-bit keys in sorted numpy runs.
+"""The event-id dedupe index: exact 128-bit keys in sorted runs, the large runs in scratch files.
 
 An event's key is DuckDB's ``md5_number(event_id)`` split into two uint64 halves. Two distinct
 event ids share a key only by an md5 collision: for n events the chance of any accidental collision
@@ -6,10 +6,21 @@ is about n² / 2^129 (3e-26 at 10M events, 3e-21 at 1B), which we accept. (md5 c
 *crafted* with arbitrary bytes; event ids are short validated text, and a crafted pair would at
 worst make the lake drop the second of the two events.)
 
-Memory: 16 bytes per event held (two uint64). Runs are merged log-structured (a run is merged into
-the one before it when that one is at most twice its size), so merging costs O(n log n) copies over
-an ingest and at most ~40 bytes per event of the two runs being merged, transiently.
+Memory stays nearly flat as the lake grows (bulk ingest must not need RAM in proportion to it):
 
+* Keys are kept in runs sorted by the high half. The runs of the latest appends stay in memory
+  until they hold ``MEMORY_RUN_KEYS`` keys; then they are merged, chunk by chunk, into one run in
+  an unlinked scratch file beside the parts (so a crash leaves nothing behind), and ``FAN_IN``
+  runs of one size class are merged into one of the next (each key is rewritten ~log8(n/1M)
+  times). Of a run on disk only every ``BLOCK_KEYS``-th high half (a "fence", 1/64 byte a key)
+  stays in memory.
+* Bloom filters over every key (2 to 4 bytes a key, as a filter cannot grow and the next one is
+  twice as large: the one part that still grows) let a lookup skip the runs for almost all new
+  keys. A key that passes (under 1% of new keys, and every real duplicate) is looked up exactly:
+  by a vectorised binary search inside its fenced page of a memory-mapped run, or, when most of a
+  run's pages are wanted anyway, by streaming the run.
+
+So a key is reported present only when that very key is in a run: the filter never decides alone.
 Keys are recomputed from the ``event_id`` column of the committed parts when a writer session first
 appends events (about 0.3 s per million events), so nothing besides the events is stored and a
 change of hash function across versions is harmless.
@@ -17,25 +28,59 @@ change of hash function across versions is harmless.
 
 from __future__ import annotations
 
+import mmap
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import IO
+
 import duckdb
 import numpy as np
 import pyarrow as pa
 
+Keys = tuple[np.ndarray, np.ndarray]
 
-def event_keys(con: duckdb.DuckDBPyConnection, relation_sql: str) -> tuple[np.ndarray, np.ndarray]:
+BLOCK_KEYS = 512  # keys per fence: one 4 KiB page of high halves
+MEMORY_RUN_KEYS = 1 << 20  # keys held in memory (16 MiB) before they are merged into a file
+FAN_IN = 8  # runs of one level merged at once: each key is rewritten ~log8(n / 2M) times
+CHUNK_KEYS = 1 << 17  # keys read or written at a time (per run) when runs are merged or streamed
+MAPPED_KEYS = 4096  # keys looked up per mapping of a run (bounds the pages mapped at once)
+FILTER_BITS_PER_KEY = 16  # with 6 bits set per key: ~0.4% of absent keys pass a full filter
+FILTER_HASHES = 6
+FIRST_FILTER_KEYS = 1 << 20  # each further filter holds twice as many keys as the one before
+SCRATCH_PREFIX = ".keys-"  # scratch files are unlinked at once; a crash in between leaves this name
+
+_U64 = np.uint64
+
+
+def event_keys(con: duckdb.DuckDBPyConnection, relation_sql: str) -> Keys:
     """(hi, lo) uint64 arrays of the event ids that ``relation_sql`` yields, in its order."""
-    # md5_number is computed once per row (common subexpression), then split.
-    sql = (
-        "SELECT (m >> 64)::UBIGINT AS hi, (m & 18446744073709551615::UHUGEINT)::UBIGINT AS lo "
-        f"FROM (SELECT md5_number(event_id) AS m FROM ({relation_sql}))"
-    )
-    result = con.sql(sql).fetchnumpy()
-    hi = np.ascontiguousarray(result["hi"], dtype=np.uint64)
-    lo = np.ascontiguousarray(result["lo"], dtype=np.uint64)
+    result = con.sql(_keys_sql(relation_sql)).fetchnumpy()
+    hi = np.ascontiguousarray(result["hi"], dtype=_U64)
+    lo = np.ascontiguousarray(result["lo"], dtype=_U64)
     return hi, lo
 
 
-def table_keys(con: duckdb.DuckDBPyConnection, table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+def event_key_batches(con: duckdb.DuckDBPyConnection, relation_sql: str, rows: int = CHUNK_KEYS) -> Iterator[Keys]:
+    """Like :func:`event_keys`, streamed in batches of about ``rows`` keys (bounded memory)."""
+    reader = con.sql(_keys_sql(relation_sql)).to_arrow_reader(rows)
+    for batch in reader:
+        yield (
+            np.ascontiguousarray(batch.column(0).to_numpy(), dtype=_U64),
+            np.ascontiguousarray(batch.column(1).to_numpy(), dtype=_U64),
+        )
+
+
+def _keys_sql(relation_sql: str) -> str:
+    # md5_number is computed once per row (common subexpression), then split.
+    return (
+        "SELECT (m >> 64)::UBIGINT AS hi, (m & 18446744073709551615::UHUGEINT)::UBIGINT AS lo "
+        f"FROM (SELECT md5_number(event_id) AS m FROM ({relation_sql}))"
+    )
+
+
+def table_keys(con: duckdb.DuckDBPyConnection, table: pa.Table) -> Keys:
     con.register("__keys_input", table.select(["event_id"]))
     try:
         return event_keys(con, "SELECT event_id FROM __keys_input")
@@ -70,56 +115,386 @@ def first_occurrences(hi: np.ndarray, lo: np.ndarray) -> tuple[np.ndarray, np.nd
     return keep, order
 
 
-class KeyIndex:
-    """A set of 128-bit keys: runs of (hi, lo) arrays, each sorted by hi."""
+# -- exact membership in one sorted run ------------------------------------------------------
 
-    def __init__(self) -> None:
-        self._runs: list[tuple[np.ndarray, np.ndarray]] = []
+
+def _present_at(run_hi: np.ndarray, run_lo: np.ndarray, hi: np.ndarray, lo: np.ndarray, pos: np.ndarray) -> np.ndarray:
+    """Whether each (hi, lo) is in the run, given ``pos``, the first run index whose hi >= it."""
+    n = len(run_hi)
+    if n == 0 or len(hi) == 0:
+        return np.zeros(len(hi), dtype=bool)
+    clipped = np.minimum(pos, n - 1)
+    hit = (pos < n) & (run_hi[clipped] == hi)
+    same = hit & (run_lo[clipped] == lo)
+    # A high half shared by distinct keys (chance ~n²/2^65): scan that short stretch.
+    for i in np.flatnonzero(hit & ~same):
+        j = int(pos[i])
+        while j < n and run_hi[j] == hi[i]:
+            if run_lo[j] == lo[i]:
+                same[i] = True
+                break
+            j += 1
+    return same
+
+
+def _in_sorted(run_hi: np.ndarray, run_lo: np.ndarray, hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
+    return _present_at(run_hi, run_lo, hi, lo, np.searchsorted(run_hi, hi, side="left"))
+
+
+def _lower_bound(run_hi: np.ndarray, hi: np.ndarray, start: np.ndarray, end: np.ndarray) -> np.ndarray:
+    """Vectorised binary search: first index in [start, end) whose value >= hi (else end).
+
+    Each step reads one value per key, so a lookup touches only the pages of its own range.
+    """
+    low, high = start.copy(), end.copy()
+    last = len(run_hi) - 1
+    while True:
+        active = low < high
+        if not active.any():
+            return low
+        mid = (low + high) >> 1
+        below = active & (run_hi[np.minimum(mid, last)] < hi)
+        low = np.where(below, mid + 1, low)
+        high = np.where(active & ~below, mid, high)
+
+
+def _merged_streams(streams: list[Iterator[Keys]]) -> Iterator[Keys]:
+    """Merge streams of sorted chunks into one, holding about one chunk of each at a time."""
+    heads: list[tuple[Keys, Iterator[Keys]]] = []
+    for stream in streams:
+        first = next(stream, None)
+        while first is not None and not len(first[0]):
+            first = next(stream, None)
+        if first is not None:
+            heads.append((first, stream))
+    while heads:
+        # Everything up to the smallest of the chunks' last values can go out now: whatever is
+        # still to come in any stream is at least that value. At least one chunk is used up.
+        bound = min(chunk[0][-1] for chunk, _ in heads)
+        his, los, kept = [], [], []
+        for (hi, lo), stream in heads:
+            k = int(np.searchsorted(hi, bound, side="right"))
+            his.append(hi[:k])
+            los.append(lo[:k])
+            rest = (hi[k:], lo[k:]) if k < len(hi) else next(stream, None)
+            while rest is not None and not len(rest[0]):  # an empty chunk is not the end
+                rest = next(stream, None)
+            if rest is not None:
+                kept.append((rest, stream))
+        heads = kept
+        hi, lo = np.concatenate(his), np.concatenate(los)
+        order = np.argsort(hi, kind="stable")  # a merge of sorted pieces (timsort finds them)
+        yield hi[order], lo[order]
+
+
+# -- runs --------------------------------------------------------------------------------------
+
+
+class _MemoryRun:
+    """A run held in numpy arrays."""
+
+    def __init__(self, hi: np.ndarray, lo: np.ndarray) -> None:
+        self.hi, self.lo = hi, lo
 
     def __len__(self) -> int:
-        return sum(len(hi) for hi, _ in self._runs)
+        return len(self.hi)
 
     @property
     def nbytes(self) -> int:
-        return sum(hi.nbytes + lo.nbytes for hi, lo in self._runs)
-
-    @classmethod
-    def from_unsorted(cls, hi: np.ndarray, lo: np.ndarray) -> KeyIndex:
-        index = cls()
-        if len(hi):
-            order = np.argsort(hi)
-            index._runs.append((hi[order], lo[order]))
-        return index
+        return self.hi.nbytes + self.lo.nbytes
 
     def contains(self, hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
-        """Membership of each (hi, lo); ``hi`` should be sorted ascending for speed."""
+        return _in_sorted(self.hi, self.lo, hi, lo)
+
+    def chunks(self) -> Iterator[Keys]:
+        for start in range(0, len(self.hi), CHUNK_KEYS):
+            yield self.hi[start : start + CHUNK_KEYS], self.lo[start : start + CHUNK_KEYS]
+
+    def close(self) -> None:
+        pass
+
+
+class _FileRun:
+    """A run in an unlinked scratch file: n high halves, then n low halves; fences in memory."""
+
+    def __init__(self, file: IO[bytes], size: int, fences: np.ndarray) -> None:
+        self._file = file
+        self._fd = file.fileno()
+        self._size = size
+        self.fences = fences  # hi at every BLOCK_KEYS-th position
+
+    @classmethod
+    def write(cls, folder: Path, size: int, chunks: Iterable[Keys]) -> _FileRun:
+        """Write ``size`` keys arriving as sorted chunks; the file is gone once closed or on a crash."""
+        file = tempfile.TemporaryFile(dir=folder, prefix=SCRATCH_PREFIX)  # noqa: SIM115 (owned by the run)
+        try:
+            fd = file.fileno()
+            fences: list[np.ndarray] = []
+            done = 0
+            for hi, lo in chunks:
+                _write_all(fd, hi, 8 * done)
+                _write_all(fd, lo, 8 * (size + done))
+                fences.append(hi[(-done) % BLOCK_KEYS :: BLOCK_KEYS].copy())
+                done += len(hi)
+            if done != size:
+                raise AssertionError(f"a key run was to hold {size} keys, {done} arrived")
+        except BaseException:
+            file.close()
+            raise
+        return cls(file, size, np.concatenate(fences) if fences else np.empty(0, _U64))
+
+    def __len__(self) -> int:
+        return self._size
+
+    @property
+    def nbytes(self) -> int:
+        return self.fences.nbytes
+
+    @property
+    def disk_bytes(self) -> int:
+        return 16 * self._size
+
+    def chunks(self) -> Iterator[Keys]:
+        for start in range(0, self._size, CHUNK_KEYS):
+            count = min(CHUNK_KEYS, self._size - start)
+            yield _read_all(self._fd, count, 8 * start), _read_all(self._fd, count, 8 * (self._size + start))
+
+    def contains(self, hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
+        """Membership of keys sorted by hi."""
+        if len(hi) == 0 or self._size == 0:
+            return np.zeros(len(hi), dtype=bool)
+        if len(hi) >= len(self.fences):
+            return self._contains_streamed(hi, lo)
         found = np.zeros(len(hi), dtype=bool)
-        for run_hi, run_lo in self._runs:
-            if not len(hi):
-                break
-            pos = np.searchsorted(run_hi, hi)
-            clipped = np.minimum(pos, len(run_hi) - 1)
-            hit = (pos < len(run_hi)) & (run_hi[clipped] == hi)
-            if not hit.any():
-                continue
-            same = hit & (run_lo[clipped] == lo)
-            # A high half shared by distinct keys (chance ~n²/2^65): scan that short stretch.
-            for i in np.flatnonzero(hit & ~same):
-                j = int(pos[i])
-                while j < len(run_hi) and run_hi[j] == hi[i]:
-                    if run_lo[j] == lo[i]:
-                        same[i] = True
-                        break
-                    j += 1
-            found |= same
+        for start in range(0, len(hi), MAPPED_KEYS):
+            part = slice(start, start + MAPPED_KEYS)
+            found[part] = self._contains_mapped(hi[part], lo[part])
         return found
 
+    def _contains_streamed(self, hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
+        """About one key per page is wanted: reading the run through is cheaper than seeking."""
+        found = np.zeros(len(hi), dtype=bool)
+        for run_hi, run_lo in self.chunks():
+            # Keys equal to a chunk's first or last high half are checked in both chunks.
+            first = int(np.searchsorted(hi, run_hi[0], side="left"))
+            last = int(np.searchsorted(hi, run_hi[-1], side="right"))
+            if last > first:
+                found[first:last] |= _in_sorted(run_hi, run_lo, hi[first:last], lo[first:last])
+        return found
+
+    def _contains_mapped(self, hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
+        """A binary search inside each key's fenced block of the mapped file; the mapping (and the
+        pages it brought into this process) is dropped on return."""
+        block = np.searchsorted(self.fences, hi, side="left").astype(np.int64) - 1
+        start = np.maximum(block, 0) * BLOCK_KEYS
+        end = np.where(block < 0, 0, np.minimum((block + 1) * BLOCK_KEYS, self._size))
+        mapped = mmap.mmap(self._fd, 16 * self._size, prot=mmap.PROT_READ)
+        try:
+            run_hi = np.frombuffer(mapped, dtype=_U64, count=self._size)
+            run_lo = np.frombuffer(mapped, dtype=_U64, count=self._size, offset=8 * self._size)
+            found = _present_at(run_hi, run_lo, hi, lo, _lower_bound(run_hi, hi, start, end))
+            del run_hi, run_lo  # views must go before the mapping can close
+        finally:
+            mapped.close()
+        return found
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def _write_all(fd: int, values: np.ndarray, offset: int) -> None:
+    view = np.ascontiguousarray(values).data.cast("B")
+    while len(view):
+        written = os.pwrite(fd, view, offset)
+        view, offset = view[written:], offset + written
+
+
+def _read_all(fd: int, count: int, offset: int) -> np.ndarray:
+    out = np.empty(count, dtype=_U64)
+    view = out.data.cast("B")
+    while len(view):
+        got = os.preadv(fd, [view], offset)
+        if got == 0:
+            raise OSError(f"a key run's scratch file ended early at byte {offset}")
+        view, offset = view[got:], offset + got
+    return out
+
+
+# -- the filter ----------------------------------------------------------------------------------
+
+
+def _bloom_masks(lo: np.ndarray) -> np.ndarray:
+    """FILTER_HASHES bits of one 64-bit word, chosen by 6-bit fields of the low half."""
+    mask = np.zeros(len(lo), dtype=_U64)
+    for i in range(FILTER_HASHES):
+        mask |= _U64(1) << ((lo >> _U64(6 * i)) & _U64(63))
+    return mask
+
+
+class _Bloom:
+    """A blocked Bloom filter for up to ``capacity`` keys: each key sets bits in one word.
+
+    The word is picked by the top bits of the high half, so keys sorted by hi touch the words
+    in order (no random access, and insertion needs no sort).
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.count = 0
+        self.words = np.zeros(max(1, capacity * FILTER_BITS_PER_KEY // 64), dtype=_U64)
+        assert len(self.words) < 1 << 32  # the slot arithmetic below stays within 64 bits
+
+    def _slots(self, hi: np.ndarray) -> np.ndarray:
+        return ((hi >> _U64(32)) * _U64(len(self.words))) >> _U64(32)
+
+    def add(self, hi: np.ndarray, lo: np.ndarray) -> None:
+        slots, masks = self._slots(hi), _bloom_masks(lo)
+        if len(slots) > 1 and bool(np.all(slots[1:] >= slots[:-1])):
+            starts = np.flatnonzero(np.concatenate(([True], slots[1:] != slots[:-1])))
+            self.words[slots[starts]] |= np.bitwise_or.reduceat(masks, starts)
+        else:
+            np.bitwise_or.at(self.words, slots, masks)
+        self.count += len(hi)
+
+    def may_contain(self, hi: np.ndarray, masks: np.ndarray) -> np.ndarray:
+        return (self.words[self._slots(hi)] & masks) == masks
+
+
+class _Filters:
+    """Bloom filters of doubling capacity (a filter cannot grow): keys go into the newest."""
+
+    def __init__(self) -> None:
+        self._filters: list[_Bloom] = []
+
+    @property
+    def nbytes(self) -> int:
+        return sum(f.words.nbytes for f in self._filters)
+
+    def add(self, hi: np.ndarray, lo: np.ndarray) -> None:
+        while len(hi):
+            if not self._filters or self._filters[-1].count >= self._filters[-1].capacity:
+                previous = self._filters[-1].capacity if self._filters else FIRST_FILTER_KEYS // 2
+                self._filters.append(_Bloom(2 * previous))
+            newest = self._filters[-1]
+            take = newest.capacity - newest.count
+            newest.add(hi[:take], lo[:take])
+            hi, lo = hi[take:], lo[take:]
+
+    def may_contain(self, hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
+        maybe = np.zeros(len(hi), dtype=bool)
+        masks = _bloom_masks(lo)
+        for bloom in self._filters:
+            maybe |= bloom.may_contain(hi, masks)
+        return maybe
+
+
+# -- the index -----------------------------------------------------------------------------------
+
+
+class KeyIndex:
+    """An exact set of 128-bit keys; see the module docstring.
+
+    ``folder`` is where runs larger than ``MEMORY_RUN_KEYS`` go (unlinked scratch files); without
+    one, every run stays in memory. Call :meth:`close` when done (the files go with the process
+    anyway).
+    """
+
+    def __init__(self, folder: Path | None = None) -> None:
+        self._folder = folder
+        self._fresh: list[_MemoryRun] = []  # one run per add, until MEMORY_RUN_KEYS are held
+        self._runs: list[tuple[int, _MemoryRun | _FileRun]] = []  # (level, run), levels descending
+        self._filters = _Filters()
+
+    def _all_runs(self) -> list[_MemoryRun | _FileRun]:
+        return [run for _, run in self._runs] + list(self._fresh)
+
+    def __len__(self) -> int:
+        return sum(len(run) for run in self._all_runs())
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held: in-memory runs, fences of runs on disk, filters."""
+        return sum(run.nbytes for run in self._all_runs()) + self._filters.nbytes
+
+    @property
+    def disk_bytes(self) -> int:
+        return sum(run.disk_bytes for run in self._all_runs() if isinstance(run, _FileRun))
+
+    @property
+    def run_sizes(self) -> list[int]:
+        return [len(run) for run in self._all_runs()]
+
+    @classmethod
+    def from_unsorted(cls, hi: np.ndarray, lo: np.ndarray, folder: Path | None = None) -> KeyIndex:
+        index = cls(folder)
+        index.add_unsorted(hi, lo)
+        return index
+
+    def add_unsorted(self, hi: np.ndarray, lo: np.ndarray) -> None:
+        """Add keys that are not yet present, in any order."""
+        order = np.argsort(hi)
+        self.add_sorted(hi[order], lo[order])
+
     def add_sorted(self, hi: np.ndarray, lo: np.ndarray) -> None:
-        """Add keys that are not yet present; ``hi`` sorted ascending."""
+        """Add keys that are not yet present; ``hi`` sorted ascending.
+
+        Added runs are not merged until MEMORY_RUN_KEYS are held (behind the filter, a lookup
+        in a few more runs costs little; merging costs a copy of every key). Then they become one
+        run of level 0, in a file when the index has a folder; FAN_IN runs of one level become
+        one run of the next level.
+        """
         if not len(hi):
             return
-        self._runs.append((hi, lo))
-        while len(self._runs) >= 2 and len(self._runs[-2][0]) <= 2 * len(self._runs[-1][0]):
-            (a_hi, a_lo), (b_hi, b_lo) = self._runs[-2], self._runs[-1]
-            pos = np.searchsorted(a_hi, b_hi, side="right")
-            self._runs[-2:] = [(np.insert(a_hi, pos, b_hi), np.insert(a_lo, pos, b_lo))]
+        self._filters.add(hi, lo)
+        self._fresh.append(_MemoryRun(hi, lo))
+        if sum(len(run) for run in self._fresh) < MEMORY_RUN_KEYS:
+            return
+        fresh, self._fresh = self._fresh, []
+        self._runs.append((0, self._merge(fresh)))
+        while len(self._runs) >= FAN_IN and len({level for level, _ in self._runs[-FAN_IN:]}) == 1:
+            level = self._runs[-1][0]
+            group = [run for _, run in self._runs[-FAN_IN:]]
+            self._runs[-FAN_IN:] = [(level + 1, self._merge(group))]
+
+    def _merge(self, runs: list[_MemoryRun] | list[_MemoryRun | _FileRun]) -> _MemoryRun | _FileRun:
+        """Runs → one, streamed chunk by chunk into a file (or into memory without a folder)."""
+        size = sum(len(run) for run in runs)
+        chunks = _merged_streams([run.chunks() for run in runs])
+        try:
+            if self._folder is not None:
+                return _FileRun.write(self._folder, size, chunks)
+            parts = list(chunks)
+            return _MemoryRun(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
+        finally:
+            for run in runs:
+                run.close()
+
+    def contains(self, hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
+        """Membership of each (hi, lo); fastest with ``hi`` sorted ascending."""
+        hi = np.asarray(hi, dtype=_U64)
+        lo = np.asarray(lo, dtype=_U64)
+        order = None
+        if len(hi) > 1 and not bool(np.all(hi[1:] >= hi[:-1])):
+            order = np.argsort(hi, kind="stable")
+            hi, lo = hi[order], lo[order]
+        found = np.zeros(len(hi), dtype=bool)
+        maybe = np.flatnonzero(self._filters.may_contain(hi, lo))
+        if len(maybe):
+            want_hi, want_lo = hi[maybe], lo[maybe]
+            hit = np.zeros(len(maybe), dtype=bool)
+            for run in self._all_runs():
+                rest = np.flatnonzero(~hit)
+                if not len(rest):
+                    break
+                hit[rest] = run.contains(want_hi[rest], want_lo[rest])
+            found[maybe] = hit
+        if order is None:
+            return found
+        unsorted = np.empty_like(found)
+        unsorted[order] = found
+        return unsorted
+
+    def close(self) -> None:
+        for run in self._all_runs():
+            run.close()
+        self._runs, self._fresh = [], []

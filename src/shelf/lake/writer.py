@@ -13,7 +13,7 @@ import contextlib
 import os
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +28,13 @@ import pyarrow.parquet as pq
 
 from shelf.errors import LakeError
 from shelf.lake._files import WriterLock, fsync_dir, fsync_file, remove_quietly, temporary_name
-from shelf.lake.keys import KeyIndex, event_keys, first_occurrences, table_keys
+from shelf.lake.keys import (
+    SCRATCH_PREFIX,
+    KeyIndex,
+    event_key_batches,
+    first_occurrences,
+    table_keys,
+)
 from shelf.lake.manifest import Manifest, Part, Retired, read_manifest, write_manifest
 from shelf.lake.tables import (
     EVENTS,
@@ -270,7 +276,14 @@ class LakeWriter:
         if rows is not None:
             order = rows[order]
         selected = table.select(spec.schema.names)
-        self._write(lambda: selected.take(order).cast(spec.schema), spec, (int(times[order[0]]), int(times[order[-1]])))
+        step = self._options.row_group_rows
+
+        def row_groups() -> Iterator[pa.Table]:
+            # One row group's take at a time: the sorted copy of a whole batch is never held.
+            for start in range(0, len(order), step):
+                yield selected.take(order[start : start + step]).cast(spec.schema)
+
+        self._write(row_groups, spec, (int(times[order[0]]), int(times[order[-1]])))
 
     def _select_sorted(self, table: pa.Table, spec: TableSpec, keep: np.ndarray | None) -> pa.Table:
         source = table if keep is None else table.append_column("__keep", pa.array(keep))
@@ -289,14 +302,14 @@ class LakeWriter:
 
     def _write(
         self,
-        table: pa.Table | Callable[[], pa.Table],
+        table: pa.Table | Callable[[], Iterator[pa.Table]],
         spec: TableSpec,
         bounds: tuple[int | None, int | None] | None = None,
     ) -> None:
         """Queue ``table`` as one part; waits for the previous part first (two batches at most).
 
-        ``table`` may be a function that builds the part in the writer thread; ``bounds`` (min and
-        max of the time column in µs) must then be given.
+        ``table`` may be a function that builds the part's row groups, in order, in the writer
+        thread; ``bounds`` (min and max of the time column in µs) must then be given.
         """
         self._drain()
         relative = self._next_part_path(spec)
@@ -309,18 +322,26 @@ class LakeWriter:
         low, high = bounds
 
         def write() -> None:
-            part = table() if callable(table) else table
             tmp = temporary_name(final)
-            pq.write_table(
-                part,
-                tmp,
-                compression=options.compression,
-                row_group_size=options.row_group_rows,
-                use_dictionary=True if spec.dictionary_columns is None else list(spec.dictionary_columns),
-            )
+            rows = 0
+            out: pq.ParquetWriter | None = None
+            try:
+                for piece in table() if callable(table) else [table]:
+                    if out is None:
+                        out = pq.ParquetWriter(
+                            tmp,
+                            piece.schema,
+                            compression=options.compression,
+                            use_dictionary=True if spec.dictionary_columns is None else list(spec.dictionary_columns),
+                        )
+                    out.write_table(piece, row_group_size=options.row_group_rows)
+                    rows += piece.num_rows
+            finally:
+                if out is not None:
+                    out.close()
             fsync_file(tmp)
             os.replace(tmp, final)
-            self._new_parts[spec.name].append(Part(relative, part.num_rows, final.stat().st_size, low, high))
+            self._new_parts[spec.name].append(Part(relative, rows, final.stat().st_size, low, high))
 
         self._submit(write)
 
@@ -400,6 +421,8 @@ class LakeWriter:
         """Remove what crashed writers left (files the manifest does not name) and retired parts
         past their grace period. Runs under the lock, so no live writer owns such files."""
         remove_quietly(temporary_name(self._manifest_path))
+        for scratch in self._dir.glob(SCRATCH_PREFIX + "*"):  # key runs of a crashed session
+            remove_quietly(scratch)
         now = _now_us()
         grace_us = int(self._options.retired_grace_s * 1_000_000)
         keep_retired = set()
@@ -425,15 +448,18 @@ class LakeWriter:
 
     def _key_index(self) -> KeyIndex:
         if self._index is None:
+            # Large runs of keys go to scratch files beside the parts (same disk, no RAM growth).
+            index = KeyIndex(self._dir)
             paths = [p.path for p in self._base.parts("events")]
             if paths:
+                # Streamed a chunk at a time: the lake's keys never sit in memory all at once.
                 try:
-                    hi, lo = event_keys(self._con, f"SELECT event_id FROM {parquet_list(self._dir, paths)}")
+                    for hi, lo in event_key_batches(self._con, f"SELECT event_id FROM {parquet_list(self._dir, paths)}"):
+                        index.add_unsorted(hi, lo)
                 except duckdb.IOException as exc:
+                    index.close()
                     raise LakeError(f"cannot read the lake's event parts under {self._dir}: {exc}") from None
-                self._index = KeyIndex.from_unsorted(hi, lo)
-            else:
-                self._index = KeyIndex()
+            self._index = index
         return self._index
 
     def _record(self, spec: TableSpec, report: AppendReport) -> AppendReport:
@@ -446,6 +472,9 @@ class LakeWriter:
 
     def _finish(self, state: str) -> None:
         self._state = state
+        if self._index is not None:
+            self._index.close()
+            self._index = None
         if self._executor is not None:
             self._executor.shutdown(wait=True)
             self._executor = None
