@@ -355,6 +355,15 @@ def main(argv: list[str]) -> None:
     def note(name: str, value: float) -> None:
         results.setdefault(name, []).append(value)
 
+    def recommendations(server: Server, label: str) -> None:
+        """Closed-loop throughput, then open-loop latency, of /recommendations on ``server``."""
+        rps, errors = run(closed_loop(server.port, recs, args.connections, args.seconds))
+        assert errors == 0, f"{errors} failed recommendation requests"
+        note(f"{label}_rps", rps)
+        lat = run(open_loop(server.port, recs, args.rate, args.seconds, args.connections))
+        note(f"{label}_p50", float(np.percentile(lat, 50)) * 1000)
+        note(f"{label}_p99", float(np.percentile(lat, 99)) * 1000)
+
     with tempfile.TemporaryDirectory(prefix="shelf-bench-serving-") as folder:
         home = Path(folder) / "home"
         shop = build_shop(home, args.items, args.users, 14, key)
@@ -383,12 +392,7 @@ def main(argv: list[str]) -> None:
                 hello_sync.stop()
             shelf = Server("shelf", home, key)
             try:
-                rps, errors = run(closed_loop(shelf.port, recs, args.connections, args.seconds))
-                assert errors == 0, f"{errors} failed recommendation requests"
-                note("recs_rps", rps)
-                lat = run(open_loop(shelf.port, recs, args.rate, args.seconds, args.connections))
-                note("recs_p50", float(np.percentile(lat, 50)) * 1000)
-                note("recs_p99", float(np.percentile(lat, 99)) * 1000)
+                recommendations(shelf, "recs")
                 batches = event_batches(shop, secret, attempt, 400)
                 bps, errors = run(closed_loop(shelf.port, batches, args.connections, args.seconds))
                 assert errors == 0, f"{errors} failed event batches"
@@ -405,12 +409,7 @@ def main(argv: list[str]) -> None:
             registry.promote(shop["versions"]["sparse"])
             sparse = Server("shelf", home, key)
             try:
-                rps, errors = run(closed_loop(sparse.port, recs, args.connections, args.seconds))
-                assert errors == 0, f"{errors} failed recommendation requests"
-                note("sparse_rps", rps)
-                lat = run(open_loop(sparse.port, recs, args.rate, args.seconds, args.connections))
-                note("sparse_p50", float(np.percentile(lat, 50)) * 1000)
-                note("sparse_p99", float(np.percentile(lat, 99)) * 1000)
+                recommendations(sparse, "sparse")
             finally:
                 sparse.stop()
                 registry.promote(shop["versions"]["light"])
