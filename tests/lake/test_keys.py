@@ -88,3 +88,17 @@ def test_a_long_stretch_of_one_high_half_spans_blocks_and_chunks(tiny_runs: None
     assert index.contains(u64([5, 5]), u64([0, 199])).all()
     assert not index.contains(u64([5, 5, 4, 6]), u64([200, 10**9, 0, 0])).any()
     index.close()
+
+
+def test_a_scratch_file_that_cannot_be_written_is_a_clear_lake_error(tiny_runs: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from shelf.errors import LakeError
+
+    def full_disk(fd: int, values: np.ndarray, offset: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(keys, "_write_all", full_disk)
+    index = KeyIndex(tmp_path)
+    hi = np.arange(100, dtype=np.uint64)
+    with pytest.raises(LakeError, match="scratch file in .*No space left on device.*nothing of it was committed"):
+        index.add_sorted(hi, hi)
+    assert list(tmp_path.iterdir()) == []

@@ -39,6 +39,8 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
+from shelf.errors import LakeError
+
 Keys = tuple[np.ndarray, np.ndarray]
 
 BLOCK_KEYS = 512  # keys per fence: one 4 KiB page of high halves
@@ -462,7 +464,13 @@ class KeyIndex:
         chunks = _merged_streams([run.chunks() for run in runs])
         try:
             if self._folder is not None:
-                return _FileRun.write(self._folder, size, chunks)
+                try:
+                    return _FileRun.write(self._folder, size, chunks)
+                except OSError as error:  # a full disk at 3 a.m. should say so, and where
+                    raise LakeError(
+                        f"cannot write the dedupe index's scratch file in {self._folder} ({error}); this write session "
+                        "(an ingest, or a compaction of the live log) is abandoned and nothing of it was committed: free disk space there and retry"
+                    ) from error
             parts = list(chunks)
             return _MemoryRun(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
         finally:
