@@ -23,7 +23,7 @@ from shelf.serving import create_key
 from shelf.settings import Settings
 
 from .conftest import SHOP_KEY
-from .test_uvicorn import free_port
+from .test_uvicorn import free_port, wait_ready
 
 CHILD = Path(__file__).with_name("_serve_child.py")
 
@@ -34,15 +34,7 @@ def server(home: Path, port: int, *args: str) -> Iterator[subprocess.Popen[bytes
     process = subprocess.Popen([sys.executable, str(CHILD), str(port), *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5) as client:
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    if client.get("/ready").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                assert time.monotonic() < deadline and process.poll() is None, "server did not become ready"
-                time.sleep(0.05)
+            wait_ready(client, process, 30)
         yield process
     finally:
         if process.poll() is None:

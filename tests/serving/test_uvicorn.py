@@ -25,6 +25,19 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def wait_ready(client: httpx.Client, process: subprocess.Popen[bytes], seconds: float = 20) -> None:
+    """Poll ``/ready`` until the server in ``process`` answers 200 (fail if it dies or takes too long)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            if client.get("/ready").status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline and process.poll() is None, "server did not become ready"
+        time.sleep(0.05)
+
+
 def test_real_server_round_trip_and_graceful_shutdown(tmp_path: Path) -> None:
     home = tmp_path / "home"
     _, writer = create_key(home, "events:write")
@@ -35,15 +48,7 @@ def test_real_server_round_trip_and_graceful_shutdown(tmp_path: Path) -> None:
     base = f"http://127.0.0.1:{port}"
     try:
         with httpx.Client(base_url=base, timeout=5) as client:
-            deadline = time.monotonic() + 20
-            while True:
-                try:
-                    if client.get("/ready").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                assert time.monotonic() < deadline and server.poll() is None, "server did not become ready"
-                time.sleep(0.05)
+            wait_ready(client, server)
             events = [
                 {"event_id": f"e{i}", "session_id": f"s{i}", "item_id": item, "type": "view", "timestamp": 1714560000 + i}
                 for i, item in enumerate(["a", "b", "a", "b"])
