@@ -210,14 +210,15 @@ class OnlineRecommender(Protocol):
     def basket(self, item_ids: Sequence[str], n: int) -> Scored: ...
 
 
-def _scored(parts: Iterable[tuple[list[tuple[str, float]], str]], n: int) -> Scored:
-    """Concatenate (items, source) parts, first occurrence wins, keep at most ``n``."""
-    seen: set[str] = set()
+def merge_stages(parts: Iterable[Iterable[tuple[str, float, str]]], n: int, exclude: frozenset[str] = frozenset()) -> Scored:
+    """Concatenate stages of (item, score, source), first occurrence wins, excluded items
+    dropped, at most ``n``."""
+    seen: set[str] = set(exclude)
     items: list[str] = []
     scores: list[float] = []
     sources: list[str] = []
-    for ranked, source in parts:
-        for item, score in ranked:
+    for part in parts:
+        for item, score, source in part:
             if item in seen:
                 continue
             seen.add(item)
@@ -225,9 +226,7 @@ def _scored(parts: Iterable[tuple[list[tuple[str, float]], str]], n: int) -> Sco
             scores.append(score)
             sources.append(source)
             if len(items) >= n:
-                break
-        if len(items) >= n:
-            break
+                return Scored(np.array(items, dtype=object), np.array(scores, dtype=np.float32), np.array(sources, dtype=object))
     return Scored(np.array(items, dtype=object), np.array(scores, dtype=np.float32), np.array(sources, dtype=object))
 
 
@@ -256,7 +255,7 @@ class OnlinePopularity:
         popular = self.state.popular(over + len(near))
         best = popular[0][1] if popular and popular[0][1] > 0 else 1.0
         pop = [(i, s / best) for i, s in popular if i not in exclude and s > 0]
-        return _scored([(near, "covisit"), (pop, "popular")], n)
+        return merge_stages([[(i, w, "covisit") for i, w in near], [(i, w, "popular") for i, w in pop]], n)
 
     def recommend(self, query: Query, n: int) -> Scored:
         history: tuple[str, ...] = ()

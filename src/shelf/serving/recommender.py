@@ -34,7 +34,7 @@ import numpy as np
 
 from shelf.models.base import Query, Scored
 from shelf.registry.bundles import Registry
-from shelf.serving.online import OnlinePopularity, OnlineState
+from shelf.serving.online import OnlinePopularity, OnlineState, merge_stages
 
 # Sources that answer "items like this one", best first (a blend's source names or a model's name).
 ITEM_TO_ITEM = ("cooccurrence", "content")
@@ -46,25 +46,6 @@ CONTEXT_CACHE_ENTRIES = 1024
 def _as_pairs(scored: Scored) -> list[tuple[str, float, str]]:
     sources = scored.sources if scored.sources is not None else np.full(len(scored), "", dtype=object)
     return [(str(i), float(s), str(src)) for i, s, src in zip(scored.items, scored.scores, sources, strict=True)]
-
-
-def _merge(parts: Sequence[list[tuple[str, float, str]]], n: int, exclude: frozenset[str]) -> Scored:
-    """Concatenate stages, first occurrence wins, excluded items dropped, at most ``n``."""
-    seen: set[str] = set(exclude)
-    items: list[str] = []
-    scores: list[float] = []
-    sources: list[str] = []
-    for part in parts:
-        for item, score, source in part:
-            if item in seen:
-                continue
-            seen.add(item)
-            items.append(item)
-            scores.append(score)
-            sources.append(source)
-            if len(items) >= n:
-                return Scored(np.array(items, dtype=object), np.array(scores, dtype=np.float32), np.array(sources, dtype=object))
-    return Scored(np.array(items, dtype=object), np.array(scores, dtype=np.float32), np.array(sources, dtype=object))
 
 
 def _below(part: list[tuple[str, float, str]], floor: float) -> list[tuple[str, float, str]]:
@@ -145,7 +126,7 @@ class BundleRecommender:
         model_part = _as_pairs(answer)
         floor = min((s for _, s, _ in model_part), default=0.0)
         extra = _as_pairs(self.online.recommend(query, n))
-        return _merge([model_part, _below(extra, floor)], n, query.exclude)
+        return merge_stages([model_part, _below(extra, floor)], n, query.exclude)
 
     # -- item to item ----------------------------------------------------------------------
 
@@ -168,7 +149,7 @@ class BundleRecommender:
         if sum(len(p) for p in parts) < n:
             online = _as_pairs(self.online.basket(list(seeds), n + len(exclude)))
             parts.append(_below(online, 0.0 if not np.isfinite(floor) else floor) if parts else online)
-        return _merge(parts, n, exclude)
+        return merge_stages(parts, n, exclude)
 
     def similar(self, item_id: str, n: int) -> Scored:
         return self._neighbours([item_id], n, frozenset({item_id}))
