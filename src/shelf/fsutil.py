@@ -1,7 +1,8 @@
-"""Crash-safe file writes: temporary name, fsync, rename, fsync the folder."""
+"""Crash-safe file writes (temporary name, fsync, rename, fsync the folder) and file checksums."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import uuid
 from pathlib import Path
@@ -25,3 +26,12 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         os.fsync(handle.fileno())
     os.replace(tmp, path)
     fsync_dir(path.parent)
+
+
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file's bytes, read in 1 MiB blocks (model, index and bundle checksums)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -13,7 +13,6 @@ file is verified before any library parses it.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import Any, Literal, Protocol, Self, runtime_checkable
 import numpy as np
 
 from shelf.errors import ShelfError
+from shelf.fsutil import file_sha256
 
 FORMAT_NAME = "shelf-vector-index"
 FORMAT_VERSION = 1
@@ -98,14 +98,6 @@ def normalise(vectors: np.ndarray) -> np.ndarray:
     return (vectors / np.where(norms > 0, norms, 1.0)).astype(np.float32)
 
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def write_manifest(folder: Path, *, kind: str, metric: str, dim: int, ids: np.ndarray, config: dict[str, Any], data_file: str) -> None:
     manifest = {
         "format": FORMAT_NAME,
@@ -115,7 +107,7 @@ def write_manifest(folder: Path, *, kind: str, metric: str, dim: int, ids: np.nd
         "dim": dim,
         "config": config,
         "ids": [str(i) for i in ids.tolist()],
-        "data": {"file": data_file, "sha256": sha256(folder / data_file)},
+        "data": {"file": data_file, "sha256": file_sha256(folder / data_file)},
     }
     (folder / MANIFEST).write_text(json.dumps(manifest), encoding="utf-8")
 
@@ -152,7 +144,7 @@ def read_manifest(path: str | Path, kind: str | None = None) -> tuple[dict[str, 
         raise VectorIndexError(f"{manifest_path}: incomplete manifest ({exc})") from exc
     if not data_path.is_file():
         raise VectorIndexError(f"{data_path}: missing")
-    if sha256(data_path) != expected:
+    if file_sha256(data_path) != expected:
         raise VectorIndexError(f"{data_path}: checksum mismatch; the file is corrupted or was altered")
     return manifest, data_path
 

@@ -16,7 +16,6 @@ than being misread.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import types
@@ -30,6 +29,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from shelf.errors import ShelfError
+from shelf.fsutil import file_sha256
 
 FORMAT_NAME = "shelf-model"
 FORMAT_VERSION = 1
@@ -63,14 +63,6 @@ class Bundle:
     meta: dict[str, Any]
     path: Path
     format_version: int
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def save_bundle(
@@ -122,7 +114,7 @@ def write_manifest(
         "kind": kind,
         "config": dict(config),
         "meta": dict(meta or {}),
-        "arrays": {"file": data_file, "sha256": _sha256(path / data_file), "text": list(text or [])},
+        "arrays": {"file": data_file, "sha256": file_sha256(path / data_file), "text": list(text or [])},
     }
     tmp = path / (MANIFEST + ".tmp")
     tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True, allow_nan=False))
@@ -163,7 +155,7 @@ def read_manifest(path: Path | str, *, kind: str | None = None) -> tuple[dict[st
     arrays_path = path / str(info.get("file", ARRAYS))
     if not arrays_path.is_file():
         raise ModelFormatError(f"{arrays_path}: missing")
-    if _sha256(arrays_path) != info.get("sha256"):
+    if file_sha256(arrays_path) != info.get("sha256"):
         raise ModelFormatError(f"{arrays_path}: checksum mismatch; the file is corrupted or was altered")
     return manifest, arrays_path
 

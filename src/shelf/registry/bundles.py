@@ -13,7 +13,6 @@ bundle is never promoted. Rollback moves the pointer to the previously promoted 
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import shutil
@@ -30,7 +29,7 @@ import orjson
 
 from shelf import __version__
 from shelf.errors import ShelfError
-from shelf.fsutil import atomic_write_bytes, fsync_dir
+from shelf.fsutil import atomic_write_bytes, file_sha256, fsync_dir
 
 BUNDLE_FORMAT_VERSION = 1
 CARD_NAME = "card.json"
@@ -82,14 +81,6 @@ class Card:
             raise BundleError(f"{where}: card fields are not what format {fmt} expects ({error})") from error
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def code_version() -> str:
     """shelf's version plus the git commit when running from a checkout."""
     try:
@@ -138,7 +129,7 @@ class Registry:
                 raise BundleError(f"an artefact may not be called {CARD_NAME}")
             with path.open("rb") as handle:
                 os.fsync(handle.fileno())
-            files[rel] = _sha256(path)
+            files[rel] = file_sha256(path)
         final = Card(**{**asdict(card), "version": version, "files": files})
         atomic_write_bytes(staging / CARD_NAME, final.to_json())
         os.replace(staging, self.bundles / version)
@@ -178,7 +169,7 @@ class Registry:
             path = root / rel
             if not path.is_file():
                 raise BundleError(f"bundle {version}: artefact {rel} is missing")
-            actual = _sha256(path)
+            actual = file_sha256(path)
             if actual != expected:
                 raise BundleError(f"bundle {version}: artefact {rel} is corrupted (sha256 {actual[:12]}…, card says {expected[:12]}…)")
         return card
