@@ -2,8 +2,8 @@
 
 A blend needs three things from each source per request: its best ``n`` items, its score for a
 handful of listed items, and (for filling) the range of its finite scores. Computing a dense
-vector over the whole catalogue for that costs O(catalogue) per source per request (27 ms at
-100k items for a five-source blend); most sources only ever propose a few hundred items. So a
+vector over the whole catalogue for that costs O(catalogue) per source per request (see the
+in-process rows of BENCHMARKS.md "serving"); most sources only ever propose a few hundred items. So a
 retriever answers with one of:
 
 * :class:`DenseScores`: the dense vector (ALS, EASE, SASRec: every item gets a score);
