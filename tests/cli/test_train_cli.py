@@ -123,3 +123,19 @@ def test_evaluate_prints_a_table(shop: Path, tmp_path: Path) -> None:
 def test_evaluate_refuses_k_beyond_the_catalogue(shop: Path) -> None:
     result = shelf(shop, "evaluate", "--models", "popularity", "--k", "100000")
     assert result.exit_code == 2 and "100000" in result.output
+
+
+def test_the_default_two_stage_falls_back_to_its_retrieval_stage_on_a_young_shop(tmp_path: Path) -> None:
+    from shelf.models.retrieval import BlendRetriever
+    from shelf.registry import Registry
+    from shelf.registry.loader import load_bundle
+
+    home = tmp_path / "young"
+    assert shelf(home, "simulate", "--users", "20", "--items", "40", "--days", "2").exit_code == 0
+    result = shelf(home, "train", "--promote")  # two days: no returning shoppers to replay a day-long label window
+    assert result.exit_code == 0, result.output
+    assert "shelf-twostage (retrieval stage only)" in result.output and "fell back to its retrieval stage" in result.output
+    registry = Registry(home)
+    card = registry.card(registry.promoted())
+    assert card.parameters["requested_model"] == "shelf-twostage" and "request moment" in card.notes
+    assert isinstance(load_bundle(registry).model, BlendRetriever)

@@ -250,3 +250,15 @@ def test_shelf_train_and_evaluate_ablate_on_a_lake(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "ablation shelf-twostage-gbdt without context (all): ndcg@10 change" in result.output
     assert "log_loss" in result.output or "ece" in result.output or "shelf-twostage-gbdt without context" in result.output
+
+
+def test_the_default_ranker_weight_is_chosen_on_the_last_cut_and_recorded(fitted: TwoStage, tmp_path: Path) -> None:
+    assert fitted.config.ranker_weight is None
+    stats = fitted.fit_stats_
+    choice = stats["ranker_weight_choice"]
+    assert stats["ranker_weight"] == fitted.interpolation_.weight == choice["weight"]
+    assert choice["requests"] > 0 and set(choice["ndcg"]) == {"0.0", "0.25", "0.5", "0.75", "1.0"}
+    if choice["weight"] > 0:
+        assert choice["gain_lower_95"] > 0
+    loaded = TwoStage.load(fitted.save(tmp_path / "m"))
+    assert loaded.interpolation_.weight == fitted.interpolation_.weight

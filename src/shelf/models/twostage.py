@@ -94,6 +94,7 @@ from shelf.models.ranking import (
     build_ranking_set,
 )
 from shelf.models.ranking.data import ENGAGEMENT_TYPES
+from shelf.models.ranking.selection import WeightChoice, choose_weight
 from shelf.schema import EVENT_SCHEMA, ITEM_SCHEMA, TIMESTAMP_TYPE, USER_SCHEMA
 
 KIND = "twostage"
@@ -127,8 +128,10 @@ class TwoStageConfig:
         ranker_weight: the final score interpolates the retriever's order and the ranker,
             ``(1 - w) * prior(retrieval position) + w * p_ranker`` (both engagement probabilities),
             then calibrates it on the last cut. ``0`` reproduces the retriever's order exactly
-            (with calibrated probabilities), ``1`` is the ranker alone. Choose it on a validation
-            cut (``with_ranker_weight`` re-weights a fitted model without refitting).
+            (with calibrated probabilities), ``1`` is the ranker alone. ``None`` (the default)
+            chooses it on the last cut (``shelf.models.ranking.selection``: 0 unless a larger
+            weight wins clearly); a benchmark can instead choose it on its own validation cut
+            (``with_ranker_weight`` re-weights a fitted model without refitting).
     """
 
     n_candidates: int = 200
@@ -141,7 +144,7 @@ class TwoStageConfig:
     min_requests: int = 0
     source_features: bool = True
     save_events: bool = True
-    ranker_weight: float = 0.5  # the validation cuts of both real logs preferred 0.25-0.5
+    ranker_weight: float | None = None
     seed: int = 0
 
     def validate(self) -> None:
@@ -155,7 +158,7 @@ class TwoStageConfig:
             raise ModelError(f"min_requests must be >= 0, got {self.min_requests}")
         if self.negatives_per_positive < 1 or self.min_negatives < 1 or self.max_requests_per_cut < 1:
             raise ModelError("negatives_per_positive, min_negatives and max_requests_per_cut must be >= 1")
-        if not 0.0 <= self.ranker_weight <= 1.0:
+        if self.ranker_weight is not None and not 0.0 <= self.ranker_weight <= 1.0:
             raise ModelError(f"ranker_weight must lie in [0, 1], got {self.ranker_weight!r}")
 
 
@@ -292,9 +295,10 @@ class Interpolation:
     final: Calibrator
     weight: float
     held: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None
+    choice: WeightChoice | None = None  # how an "auto" weight was chosen (None: it was given)
 
     @classmethod
-    def fit(cls, ranker: RankerBase, data: RankingSet, weight: float, method: str) -> Interpolation:
+    def fit(cls, ranker: RankerBase, data: RankingSet, weight: float | None, method: str) -> Interpolation:
         positions = np.asarray(data.examples["candidate_rank"].to_numpy(zero_copy_only=False), dtype=np.float64)
         last = data.timestamp_us == data.timestamp_us.max()
         early = ~last if (~last).any() else last
@@ -303,15 +307,20 @@ class Interpolation:
         p_ranker, _ = ranker.predict_with_logits(data.features.take(held_rows))
         held = (prior(_position_key(positions[held_rows])), p_ranker, data.labels[held_rows].astype(np.float64),
                 data.weights[held_rows].astype(np.float64))
-        out = cls(prior, Calibrator(method), weight, held)
-        return out.reweighted(weight)
+        choice = None
+        if weight is None:  # "auto": the held cut decides, retrieval's order unless the ranker wins clearly
+            choice = choose_weight(*held, data.request[held_rows])
+            weight = choice.weight
+        out = cls(prior, Calibrator(method), weight, held).reweighted(weight)
+        out.choice = choice
+        return out
 
     def reweighted(self, weight: float) -> Interpolation:
         if self.held is None:
             raise ModelError("this model was loaded from disk without its calibration cut; refit it to change ranker_weight")
         prior, p_ranker, y, w = self.held
         final = Calibrator(self.final.method).fit(self.mix(prior, p_ranker, weight), y, w)
-        return Interpolation(self.prior, final, weight, self.held)
+        return Interpolation(self.prior, final, weight, self.held, self.choice)
 
     @staticmethod
     def mix(prior: np.ndarray, p_ranker: np.ndarray, weight: float) -> np.ndarray:
@@ -332,7 +341,10 @@ class Interpolation:
         return p, np.lexsort((positions, -logits, -key))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"prior": self.prior.to_dict(), "final": self.final.to_dict(), "weight": self.weight}
+        out: dict[str, Any] = {"prior": self.prior.to_dict(), "final": self.final.to_dict(), "weight": self.weight}
+        if self.choice is not None:
+            out["choice"] = self.choice.to_dict()
+        return out
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> Interpolation:
@@ -382,6 +394,11 @@ class TwoStage:
         self.ranker = ranker
         self.feature_set = feature_set
         self.config = config
+
+    @property
+    def retriever_template(self) -> Any:
+        """A fresh, unfitted copy of the retrieval stage (what a job falls back to when ranking cannot be learned)."""
+        return copy.deepcopy(self._retriever_template)
 
     def __repr__(self) -> str:
         return f"TwoStage({type(self.retriever).__name__}, {self.ranker.name}, {len(self.feature_set)} features, {self.config!r})"
@@ -525,7 +542,10 @@ class TwoStage:
             "candidates_and_features_s": round(built - started, 3),
             "ranker_fit_s": round(ranked - built, 3),
             "ranker_examples_per_s": round(len(ranking) / max(ranked - built, 1e-9), 1),
+            "ranker_weight": self.interpolation_.weight,
         }
+        if self.interpolation_.choice is not None:
+            self.fit_stats_["ranker_weight_choice"] = self.interpolation_.choice.to_dict()
         return self
 
     @staticmethod

@@ -3,7 +3,7 @@
 Example::
 
     [train]
-    model = "shelf-blend"      # any name `shelf evaluate --models` knows that can be saved
+    model = "shelf-twostage"   # any name `shelf evaluate --models` knows that can be saved
     seed = 0
     validation_days = 1.0      # the card's metrics come from a cut this long before as_of
 
@@ -23,7 +23,9 @@ from shelf.errors import InputError
 
 @dataclass(frozen=True)
 class TrainConfig:
-    model: str = "shelf-blend"
+    # Retrieve -> rank: the blend's candidates ordered by the engagement ranker, whose weight
+    # against the blend's own order is chosen on the last training cut (0 unless it wins clearly).
+    model: str = "shelf-twostage"
     seed: int = 0
     validation_days: float = 1.0
     ks: tuple[int, ...] = (10, 20)

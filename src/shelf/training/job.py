@@ -13,6 +13,7 @@ import pyarrow.compute as pc
 
 from shelf.errors import ShelfError
 from shelf.models.base import Interactions
+from shelf.models.io import ModelFitError
 from shelf.registry import Card, Registry
 from shelf.registry.bundles import code_version
 from shelf.training.config import TrainConfig
@@ -60,7 +61,9 @@ def _validation_metrics(lake: Any, as_of: datetime | None, config: TrainConfig, 
             target=ANY_ENGAGEMENT,
             views=("all", "new"),
         )
-    except EvaluationError as error:
+    except (EvaluationError, ModelFitError) as error:
+        # Too little data before the validation cut (e.g. no returning shoppers for the ranker):
+        # the bundle is still trained on everything, the card says why it has no metrics.
         return {"validation_unavailable": 1.0, "reason_" + type(error).__name__: 0.0}
     metrics: dict[str, float] = {"validation_users": float(len(split.test_users)), "validation_users_available": float(tested)}
     for view in ("all", "new"):
@@ -89,7 +92,19 @@ def train(lake: Any, registry: Registry, config: TrainConfig, *, as_of: datetime
     metrics = _validation_metrics(lake, as_of, config, last + timedelta(microseconds=1))
     data = Interactions.from_events(events, as_of=as_of, item_table=items, user_table=users)
     started = time.perf_counter()
-    model.fit(data)
+    model_name, fallback_note = config.model, ""
+    try:
+        model.fit(data)
+    except ModelFitError as error:
+        retriever = getattr(model, "retriever_template", None)
+        if retriever is None:
+            raise TrainingError(f"{config.model} cannot be fitted on this snapshot: {error}") from error
+        # A young shop has too few returning shoppers to replay requests for the ranker; its
+        # retrieval stage alone still serves well, and a bundle beats no bundle at 3 a.m.
+        model = retriever
+        model.fit(data)
+        model_name = f"{config.model} (retrieval stage only)"
+        fallback_note = f"; {config.model} fell back to its retrieval stage: {error}"
     fit_seconds = time.perf_counter() - started
     with registry.stage() as folder:
         model.save(folder / MODEL_FOLDER)
@@ -105,11 +120,14 @@ def train(lake: Any, registry: Registry, config: TrainConfig, *, as_of: datetime
                 "catalogue_items": items.num_rows,
                 "profiles": users.num_rows,
             },
-            parameters={"model": config.model, "seed": config.seed, "config": _config_of(model), "fit_seconds": round(fit_seconds, 3)},
+            parameters={
+                "model": model_name, "requested_model": config.model, "seed": config.seed, "config": _config_of(model),
+                "fit_seconds": round(fit_seconds, 3),
+            },
             metrics=metrics,
             # A two-stage model reports the version of the features its ranker was trained on.
             feature_set_version=str(getattr(model, "feature_set_version", None) or RETRIEVAL_ONLY_FEATURES),
             code_version=code_version(),
-            notes=f"last event in snapshot: {last.isoformat()}",
+            notes=f"last event in snapshot: {last.isoformat()}{fallback_note}",
         )
         return registry.publish(folder, card)
