@@ -9,7 +9,9 @@ Same data sets and splits as ``bench_quality`` (its helpers are imported). Proto
    and ``new`` views; ties go to the smaller N, then the smaller w. One fit per (N, ranker)
    serves every w. The label window is the test window of the case (the horizon the
    probabilities are evaluated on), not tuned.
-2. The chosen configuration, shelf-blend and the peers are evaluated once on the **test cut**.
+2. The chosen configuration, shelf-blend and the peers are evaluated once on the **test cut**,
+   beside the default two-stage that ``shelf train`` ships (neural, N = 200, the ranker weight
+   chosen by the model itself on its last training cut, same request moments and label window).
 3. Calibration on the test cut is reported twice: the runner's (over the whole catalogue of every
    test user with a relevant event; non-candidates carry the outside rate) and over the
    candidates only (the harder number: every one of the N candidates of those users).
@@ -61,7 +63,7 @@ def _ranker(kind: str, seed: int) -> Any:
     return LightGBMRanker(LightGBMRankerConfig(seed=seed, objective="lambdarank" if kind == "lambdarank" else "binary"))
 
 
-def _factory(n: int, ranker: str, window_s: int, seed: int = 0, keep: list[Any] | None = None, weight: float = 1.0) -> Any:
+def _factory(n: int, ranker: str, window_s: int, seed: int = 0, keep: list[Any] | None = None, weight: float | None = 1.0) -> Any:
     def make() -> Any:
         from shelf.models.retrieval import default_blend
         from shelf.models.twostage import TwoStage, TwoStageConfig
@@ -217,7 +219,15 @@ def run_case(case: Any, work: Path, requests: int, log: list[str]) -> str:
     # 2. the test cut, once
     kept: list[Any] = []
     name = f"shelf-twostage (N={n_best}, {ranker_best}, w={w_best:g})"
-    models = {name: _factory(n_best, ranker_best, window_s, keep=kept, weight=w_best), **pick(["shelf-blend", *PEERS], tune=True)}
+    # What `shelf train` ships: the zoo's two-stage (neural, N=200) choosing w itself on its last
+    # training cut; same request moments and label window as the grid.
+    default_kept: list[Any] = []
+    default_name = "shelf-twostage default (N=200, neural, w auto)"
+    models = {
+        name: _factory(n_best, ranker_best, window_s, keep=kept, weight=w_best),
+        default_name: _factory(200, "neural", window_s, keep=default_kept, weight=None),
+        **pick(["shelf-blend", *PEERS], tune=True),
+    }
     started = time.perf_counter()
     res = evaluate(None, built, models, ks=(10, 20), target=ANY_ENGAGEMENT, views=views)
     log.append(f"{case.name}: test evaluation {time.perf_counter() - started:.0f} s")
@@ -231,12 +241,18 @@ def run_case(case: Any, work: Path, requests: int, log: list[str]) -> str:
         for m in models:
             vals = [res.value(m, met, k, view) for met, k in (("ndcg", 10), ("ndcg", 20), ("recall", 10), ("recall", 20), ("hitrate", 10), ("mrr", 10))]
             lines.append(f"| {m} | {view} | " + " | ".join(f"{v:.4f}" for v in vals) + " |")
-    lines += ["", "| view | shelf-blend NDCG@10 | two-stage NDCG@10 | ratio (target ≥ 1.05×) | two-stage − blend, 95% CI |", "|---|---:|---:|---:|---|"]
-    for view in views:
-        b, t = res.value("shelf-blend", "ndcg", 10, view), res.value(name, "ndcg", 10, view)
-        ci = res.compare(name, "shelf-blend", "ndcg", 10, view)
-        ratio = t / b if b > 0 else float("inf")
-        lines.append(f"| {view} | {b:.4f} | {t:.4f} | {ratio:.3f}× {'met' if ratio >= 1.05 else 'NOT met'} | {ci.difference:+.4f} [{ci.low:+.4f}, {ci.high:+.4f}] |")
+    lines += ["", "| two-stage | view | shelf-blend NDCG@10 | two-stage NDCG@10 | ratio (target ≥ 1.05×) | two-stage − blend, 95% CI |",
+              "|---|---|---:|---:|---:|---|"]
+    for label, m in (("validation-grid choice", name), ("default (w auto)", default_name)):
+        for view in views:
+            b, t = res.value("shelf-blend", "ndcg", 10, view), res.value(m, "ndcg", 10, view)
+            ci = res.compare(m, "shelf-blend", "ndcg", 10, view)
+            ratio = t / b if b > 0 else float("inf")
+            lines.append(f"| {label} | {view} | {b:.4f} | {t:.4f} | {ratio:.3f}× {'met' if ratio >= 1.05 else 'NOT met'} | "
+                         f"{ci.difference:+.4f} [{ci.low:+.4f}, {ci.high:+.4f}] |")
+    auto = default_kept[0].fit_stats_.get("ranker_weight_choice", {})
+    lines += ["", f"The default's own choice on its last training cut ({auto.get('requests', 0)} requests): w = {auto.get('weight')}, "
+              f"estimated NDCG@10 per w {auto.get('ndcg')}, lower 95% bound of the chosen gain {auto.get('gain_lower_95')}."]
     ece_c, ll_c, n_users = _candidate_calibration(model, built)
     ece_r = res.value(name, "ece", 0)
     lines += [
