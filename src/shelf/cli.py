@@ -333,7 +333,8 @@ def build_split(kind: str, source: Any, *, test_days: float, cut: str | None, in
 @click.option("--test-days", type=float, default=1.0, show_default=True, help="Length of the test window in days (fractions allowed).")
 @click.option("--cut", default=None, help="ISO time of the cut (default: end of data minus --test-days).")
 @click.option("--k", "ks", default="10,20", show_default=True, help="Cut-offs, comma-separated.")
-@click.option("--models", default="popularity,trending,recent+popular,als,bpr", show_default=True, help="Comma-separated model names.")
+@click.option("--models", default="popularity,trending,recent+popular,als,bpr,shelf-blend,shelf-twostage", show_default=True,
+              help="Comma-separated model names (default: the peers, shelf's retrieval alone, and the two-stage pipeline).")
 @click.option("--target", type=click.Choice(["engagement", "cart_or_purchase", "purchase", "weighted"]), default="engagement", show_default=True,
               help="What counts as relevant.")
 @click.option("--views", default="all,new", show_default=True, help="all: re-engagement counts; new: only items the user never touched.")
