@@ -11,6 +11,7 @@ from shelf.models.retrieval.blend import BlendConfig, BlendRetriever, Candidates
 from shelf.models.retrieval.content import ContentConfig, ContentRetriever
 from shelf.models.retrieval.cooccurrence import CoOccurrenceConfig, CoOccurrenceRetriever
 from shelf.models.retrieval.ease import EASEConfig, EASERetriever
+from shelf.models.retrieval.neighbours import NeighboursConfig, NeighboursRetriever
 from shelf.models.retrieval.popularity import PopularityConfig, PopularityRetriever
 from shelf.models.retrieval.registry import RETRIEVERS, load_retriever, register, retriever_class
 from shelf.models.retrieval.repeat import RepeatConfig, RepeatRetriever
@@ -33,6 +34,8 @@ __all__ = [
     "ModelError",
     "ModelFitError",
     "ModelFormatError",
+    "NeighboursConfig",
+    "NeighboursRetriever",
     "NotFittedError",
     "PopularityConfig",
     "PopularityRetriever",

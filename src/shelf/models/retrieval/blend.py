@@ -8,7 +8,7 @@ source's ``candidates_per_source`` best items.
 The cold-start chain falls out of the sources and one fallback:
 
 * a shopper with history: every source that knows them (repeat, co-occurrence, ALS, EASE,
-  content) with ``weights``;
+  neighbours, content) with ``weights``;
 * an unknown shopper with session items: the sources that read sessions (co-occurrence, repeat
   in session, ALS/EASE fold-in, content) with ``session_weights``;
 * nothing at all: the ``fallback`` source only: segment popularity from the context (region,
@@ -546,6 +546,7 @@ def default_blend(seed: int = 0) -> BlendRetriever:
     from shelf.models.retrieval.content import ContentRetriever
     from shelf.models.retrieval.cooccurrence import CoOccurrenceRetriever
     from shelf.models.retrieval.ease import EASERetriever
+    from shelf.models.retrieval.neighbours import NeighboursRetriever
     from shelf.models.retrieval.popularity import PopularityConfig, PopularityRetriever
     from shelf.models.retrieval.repeat import RepeatRetriever
     from shelf.models.retrieval.sequential import SequentialRulesRetriever
@@ -556,6 +557,8 @@ def default_blend(seed: int = 0) -> BlendRetriever:
         "sequential": SequentialRulesRetriever(),
         "als": ALSRetriever(ALSConfig(seed=seed)),
         "ease": EASERetriever(),
+        # What alike shoppers picked up lately (validation: MovieLens NDCG@10 0.186 -> 0.219).
+        "neighbours": NeighboursRetriever(),
         "content": ContentRetriever(),
         # Unsegmented, fast-decaying popularity: where taste follows what is new this week (films),
         # segments only add noise (validation: MovieLens NDCG@10 0.159 segmented vs 0.179).
@@ -563,7 +566,7 @@ def default_blend(seed: int = 0) -> BlendRetriever:
         "popularity": PopularityRetriever(),
     }
     weights = {
-        "repeat": 1.0, "cooccurrence": 1.0, "sequential": 0.0, "als": 1.0, "ease": 1.0, "content": 0.3, "trending": 0.3, "popularity": 0.3,
+        "repeat": 1.0, "cooccurrence": 1.0, "sequential": 0.0, "als": 1.0, "ease": 1.0, "neighbours": 1.0, "content": 0.3, "trending": 0.3, "popularity": 0.3,
     }
     # Next-item rules serve anonymous sessions; for shoppers with history they start off and
     # enter only where tuning finds a clear gain.

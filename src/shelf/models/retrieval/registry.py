@@ -11,6 +11,7 @@ from shelf.models.retrieval.blend import BlendRetriever
 from shelf.models.retrieval.content import ContentRetriever
 from shelf.models.retrieval.cooccurrence import CoOccurrenceRetriever
 from shelf.models.retrieval.ease import EASERetriever
+from shelf.models.retrieval.neighbours import NeighboursRetriever
 from shelf.models.retrieval.popularity import PopularityRetriever
 from shelf.models.retrieval.repeat import RepeatRetriever
 from shelf.models.retrieval.sasrec import SASRec
@@ -24,6 +25,7 @@ RETRIEVERS: dict[str, type[Any]] = {
         CoOccurrenceRetriever,
         ALSRetriever,
         EASERetriever,
+        NeighboursRetriever,
         ContentRetriever,
         BlendRetriever,
         SASRec,

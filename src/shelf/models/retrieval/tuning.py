@@ -293,7 +293,7 @@ def tune_weights(blend: BlendRetriever, data: Interactions, *, holdout_share: fl
     if compact:
         max_queries = LARGE_CATALOGUE_QUERIES
     else:
-        max_queries = max(50, min(1000, CELL_BUDGET // max(1, n_items * len(blend.sources))))
+        max_queries = max(50, min(1000, CELL_BUDGET // max(1, n_items * len(blend.active_sources))))
     positive = data.event_weights() > 0
 
     # Whether shoppers come back to items at all is read off every window before any fitting:
