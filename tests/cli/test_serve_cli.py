@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 from click.testing import CliRunner, Result
+from tests.serving.test_uvicorn import free_port, wait_ready
 
 from shelf.cli import main
 from shelf.serving.auth import list_keys
@@ -21,12 +20,6 @@ SECRET = "a-real-secret-of-enough-length"
 
 def shelf(home: Path, *args: str, env: dict[str, str] | None = None) -> Result:
     return CliRunner().invoke(main, ["--home", str(home), *args], env=env or {"SHELF_PSEUDONYM_KEY": SECRET, "SHELF_DEV": "0"})
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_keys_create_list_revoke(tmp_path: Path) -> None:
@@ -68,15 +61,7 @@ def test_shelf_serve_answers_with_a_created_key_and_stops_on_sigterm(tmp_path: P
     )
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5, headers={"Authorization": f"Bearer {secret}"}) as client:
-            deadline = time.monotonic() + 20
-            while True:
-                try:
-                    if client.get("/ready").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                assert time.monotonic() < deadline and server.poll() is None, "shelf serve did not become ready"
-                time.sleep(0.05)
+            wait_ready(client, server)
             event = {"session_id": "s1", "item_id": "a", "type": "view", "timestamp": "2024-05-01T12:00:00Z"}
             assert client.post("/events", json={"events": [event]}).status_code == 200
             assert client.get("/recommendations", params={"session_id": "s1"}).status_code == 200
