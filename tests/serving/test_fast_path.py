@@ -208,3 +208,36 @@ def test_exposures_are_written_off_the_request_path(tmp_path: Path) -> None:
     for i in range(6):
         log.log({"exposure_id": f"late-{i}"})
     assert log.pending() == 0 and log.written == 9 and writes[-1] == threading.current_thread().name
+
+
+async def test_fast_path_runs_ahead_of_the_middleware_and_leaves_failures_to_it(app: FastAPI, keys: dict[str, str]) -> None:
+    """Ordinary GETs are answered before Starlette's stack is entered; a failure while answering
+    goes the ordinary way (the route answers again: its 500, its metrics)."""
+    stack_calls = 0
+    async with app.router.lifespan_context(app):
+        app.middleware_stack = app.build_middleware_stack()
+        inner = app.middleware_stack
+
+        async def counting(scope: Any, receive: Any, send: Any) -> None:
+            nonlocal stack_calls
+            stack_calls += 1
+            await inner(scope, receive, send)
+
+        app.middleware_stack = counting
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            assert (await client.get("/recommendations?k=3", headers=bearer(keys["recommendations:read"]))).status_code == 200
+            assert stack_calls == 0, "answered ahead of the middleware stack"
+            assert (await client.get("/recommendations?k=0", headers=bearer(keys["recommendations:read"]))).status_code == 422
+            assert stack_calls == 1, "a refused request goes through the stack"
+            runtime = app.state.shelf
+
+            def broken(*args: Any) -> bytes:
+                raise RuntimeError("boom")
+
+            runtime.recommend = broken
+            response = await client.get("/recommendations", headers=bearer(keys["recommendations:read"]))
+            assert response.status_code == 500 and stack_calls == 2
+            metrics = (await client.get("/metrics")).text
+            assert 'shelf_request_seconds_count{method="GET",route="/recommendations"} 3.0' in metrics
+            assert 'route="/recommendations",status="500"} 1.0' in metrics

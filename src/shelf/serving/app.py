@@ -27,9 +27,9 @@ when it changed. On start-up the WAL's events are replayed into the online state
 
 The request path of a recommendation is kept lean: the routes are ``async def`` (their work is
 CPU-light and short, so a thread-pool hop would cost more than it saves), their ordinary requests
-are answered by a :class:`FastPath` in front of the FastAPI route (key check with a remembered
-digest, parameter checks, the runtime call, orjson bytes out; anything unusual goes to the route
-itself), reranking looks up only the candidates, the exposure record is buffered and written in
+are answered by a :class:`FastPath` ahead of the middleware stack and the FastAPI route (key
+check with a remembered digest, parameter checks, the runtime call, orjson bytes out, the latency
+metric; anything unusual goes the ordinary way, to the route itself), reranking looks up only the candidates, the exposure record is buffered and written in
 the background, and what start-up loaded is kept out of garbage collections (``Runtime.settle``).
 
 Order of work on ``POST /events``: strict per-record checks → pseudonymize → WAL append
@@ -569,23 +569,31 @@ class FastPath:
     """Answers a guarded GET route's ordinary requests without FastAPI's per-request machinery.
 
     FastAPI resolves a route's dependencies (key, role, runtime) and validates its parameters
-    through generic code that costs more than the rest of a recommendation together. This ASGI
-    app sits in front of the route (``route.app``): when the request carries a bearer key that
-    grants ``role`` and every parameter is plainly valid (the checks mirror the route's declared
-    constraints), it calls ``answer`` and sends its JSON bytes. Anything else (no key, a refused
-    key, a parameter FastAPI would refuse or coerce, repeated parameters, dependency overrides)
-    goes to the route unchanged, so every refusal and its body are FastAPI's own, as documented.
+    through generic code, and every request first crosses Starlette's middleware stack and router;
+    together that costs more than the rest of a recommendation. A ``FastPath`` is installed on the
+    route (``route.app``) and registered with the app's :class:`ShelfAPI` front door, which offers
+    it every GET whose path the route's own pattern matches *before* the middleware stack runs.
+    When the request carries a bearer key that grants ``role`` and every parameter is plainly
+    valid (the checks mirror the route's declared constraints), it calls ``answer``, sends its
+    JSON bytes and records the request's latency as the ``Timing`` middleware would. Anything
+    else (no key, a refused key, a parameter FastAPI would refuse or coerce, repeated parameters,
+    dependency overrides, a ``root_path``, an exception while answering) takes the ordinary way
+    through the middleware and the route, so every refusal, error and its body are FastAPI's
+    own, as documented.
     """
 
     def __init__(
         self, app: FastAPI, route: APIRoute, role: Role, answer: Callable[..., bytes], query: ParamSpec, path: ParamSpec | None = None
     ) -> None:
         self.fastapi, self.role, self.answer, self.query, self.path = app, role, answer, query, path or {}
+        self.route = route
         self.slow = route.app
         route.app = self
+        if isinstance(app, ShelfAPI):
+            app.fast_paths.append(self)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        args = self._arguments(scope) if scope["type"] == "http" and not self.fastapi.dependency_overrides else None
+        args = self._arguments(scope, scope["path_params"]) if scope["type"] == "http" and not self.fastapi.dependency_overrides else None
         if args is None:
             await self.slow(scope, receive, send)
             return
@@ -593,13 +601,30 @@ class FastPath:
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", str(len(body)).encode()), (b"content-type", b"application/json")]})
         await send({"type": "http.response.body", "body": body})
 
-    def _arguments(self, scope: Scope) -> dict[str, Any] | None:
+    async def front(self, scope: Scope, send: Send, path_params: dict[str, Any]) -> bool:
+        """Answer ahead of the middleware stack; False (nothing sent) when the request is not ordinary."""
+        if self.fastapi.dependency_overrides:
+            return False
+        started = time.perf_counter()
+        args = self._arguments(scope, path_params)
+        if args is None:
+            return False
+        try:
+            body = self.answer(**args)
+        except Exception:  # the ordinary way answers it again: its 500, its log line, its metrics
+            return False
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", str(len(body)).encode()), (b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": body})
+        self.fastapi.state.shelf.metrics.request(self.route.path, "GET", 200, time.perf_counter() - started)
+        return True
+
+    def _arguments(self, scope: Scope, path_params: dict[str, Any]) -> dict[str, Any] | None:
         runtime: Runtime = self.fastapi.state.shelf
         if not self._authorized(scope, runtime):
             return None
         args: dict[str, Any] = {}
         for name, check in self.path.items():
-            checked = check(scope["path_params"][name])
+            checked = check(path_params[name])
             if checked is _INVALID:
                 return None
             args[name] = checked
@@ -627,6 +652,29 @@ class FastPath:
         return False
 
 
+class ShelfAPI(FastAPI):
+    """FastAPI with a front door: each GET is first offered to the :class:`FastPath` whose route
+    pattern matches its path (the router's own regular expression and convertors, so the same
+    requests match); what a fast path declines goes through Starlette's stack unchanged."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.fast_paths: list[FastPath] = []
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "GET" and not scope.get("root_path"):
+            path = scope["path"]
+            for fast in self.fast_paths:
+                match = fast.route.path_regex.match(path)
+                if match is not None:
+                    convertors = fast.route.param_convertors
+                    params = {key: convertors[key].convert(value) for key, value in match.groupdict().items()}
+                    if await fast.front(scope, send, params):
+                        return
+                    break
+        await super().__call__(scope, receive, send)
+
+
 # ----------------------------------------------------------------------------------------------
 # The app
 
@@ -646,7 +694,7 @@ def create_app(
     """
     config = config or ServeConfig()
     runtime = Runtime(settings, config, recommender_loader)
-    app = FastAPI(
+    app = ShelfAPI(
         title="shelf",
         version=__version__,
         description=__doc__,

@@ -29,10 +29,11 @@ from shelf.models.retrieval._base import (
     latest_rows,
     positional_weights,
 )
-from shelf.models.retrieval.scores import LinearScores, weighted_rows
+from shelf.models.retrieval.scores import ItemClusters, LinearScores, weighted_rows
 from shelf.schema import category_levels
 
 _TOKEN = re.compile(r"\w+", re.UNICODE)
+MAX_CLUSTERS = 2048  # a query scores every centroid: this bounds that part of its cost
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,13 @@ class ContentConfig:
         max_token_share: title tokens in more than this share of items are dropped (stop words).
         session_half_life: session items weigh ``0.5 ** (steps back / session_half_life)``.
         event_weights: weight of each event type in a user's profile.
+        approximate_from: catalogues with at least this many items also get item clusters
+            (spherical k-means, about ``cluster_size`` items each), and a profile so broad that
+            exact pruning would read most of the catalogue takes its top-n from the items of the
+            clusters closest to it (``candidate_factor`` times n of them, at least
+            ``min_candidates``) instead of scoring every item: per-request cost stops growing
+            with the catalogue. Smaller catalogues, ``None``, ``dense()``, ``at()`` and
+            ``score_users`` (evaluation) stay exact. See ``shelf.models.retrieval.scores.ItemClusters``.
     """
 
     category_weight: float = 1.0
@@ -59,6 +67,10 @@ class ContentConfig:
     max_token_share: float = 0.3
     session_half_life: float = 3.0
     event_weights: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_EVENT_WEIGHTS))
+    approximate_from: int | None = 50_000
+    cluster_size: int = 256
+    candidate_factor: int = 10
+    min_candidates: int = 1000
 
 
 def _attribute_features(text: str | None) -> list[str]:
@@ -92,6 +104,11 @@ class ContentRetriever(RetrieverBase):
         if not 0 < c.max_token_share <= 1:
             raise ModelError(f"max_token_share must lie in (0, 1], got {c.max_token_share!r}")
         check_positive("session_half_life", c.session_half_life)
+        if c.approximate_from is not None and (not isinstance(c.approximate_from, int) or c.approximate_from < 1):
+            raise ModelError(f"approximate_from must be None or an integer >= 1, got {c.approximate_from!r}")
+        for name in ("cluster_size", "candidate_factor", "min_candidates"):
+            if not isinstance(getattr(c, name), int) or getattr(c, name) < 1:
+                raise ModelError(f"{name} must be an integer >= 1, got {getattr(c, name)!r}")
         check_event_weights(c.event_weights)
 
     def _features(self, data: Interactions) -> tuple[list[list[tuple[str, str]]], np.ndarray]:
@@ -172,6 +189,24 @@ class ContentRetriever(RetrieverBase):
         self.item_vectors_ = x
         self.feature_names_ = np.array(list(vocabulary), dtype=object)
         self.history_ = data.matrix(c.event_weights)
+        self.cluster_of_, self.centroids_ = None, None
+        if c.approximate_from is not None and n_items >= c.approximate_from:
+            self.cluster_of_, self.centroids_ = _spherical_kmeans(x, max(n_items // c.cluster_size, 1))
+
+    def _clusters(self) -> ItemClusters | None:
+        """The cluster layout of the item rows (None: exact only), built once per fit or load."""
+        if getattr(self, "centroids_", None) is None:
+            return None
+        source, cached = getattr(self, "_clusters_cache", (None, None))
+        if source is not self.item_vectors_ or cached is None:
+            c = self.config
+            cached = ItemClusters(self.item_vectors_, self.cluster_of_, self.centroids_, c.candidate_factor, c.min_candidates)
+            self._clusters_cache = (self.item_vectors_, cached)
+        return cached
+
+    def _linear(self, features: np.ndarray, values: np.ndarray) -> LinearScores:
+        by_feature, column_max = self._features_by_item()
+        return LinearScores(self.item_vectors_, by_feature, column_max, features, values, clusters=self._clusters())
 
     # -- scoring --------------------------------------------------------------------------------
 
@@ -213,12 +248,11 @@ class ContentRetriever(RetrieverBase):
         if len(session):
             items.append(session.astype(np.int64))
             weights.append(positional_weights(len(session), self.config.session_half_life).astype(np.float64) * max(history_total, 1.0))
-        by_feature, column_max = self._features_by_item()
         if not items:
-            return LinearScores(self.item_vectors_, by_feature, column_max, np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32))
+            return self._linear(np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32))
         w = np.concatenate(weights)
         features, values = weighted_rows(self.item_vectors_, np.concatenate(items), w / max(float(w.sum()), 1e-12))
-        return LinearScores(self.item_vectors_, by_feature, column_max, features, values)
+        return self._linear(features, values)
 
     def _score_users(self, users: np.ndarray) -> np.ndarray:
         return self._scores_from_weights(self.history_[users])
@@ -230,8 +264,7 @@ class ContentRetriever(RetrieverBase):
         if i < 0:
             return Scored.empty()
         start, end = self.item_vectors_.indptr[i], self.item_vectors_.indptr[i + 1]
-        by_feature, column_max = self._features_by_item()
-        scores = LinearScores(self.item_vectors_, by_feature, column_max, self.item_vectors_.indices[start:end], self.item_vectors_.data[start:end])
+        scores = self._linear(self.item_vectors_.indices[start:end], self.item_vectors_.data[start:end])
         banned = np.append(self.item_indices(exclude), i)
         top, values = scores.top(n + len(banned))
         keep = ~np.isin(top, banned)
@@ -246,13 +279,48 @@ class ContentRetriever(RetrieverBase):
         return sp.csr_matrix(out.multiply((idx >= 0)[:, None].astype(np.float32)))
 
     def _state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        clusters = {} if self.centroids_ is None else {"cluster_of": self.cluster_of_, "centroids": self.centroids_}
         return {
             **pack_csr("item_vectors", self.item_vectors_),
             **pack_csr("history", self.history_),
             "feature_names": self.feature_names_,
+            **clusters,
         }, {}
 
     def _set_state(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
         self.item_vectors_ = unpack_csr(arrays, "item_vectors")
         self.history_ = unpack_csr(arrays, "history")
         self.feature_names_ = arrays["feature_names"]
+        # Bundles saved before item clusters existed (or below approximate_from) answer exactly.
+        self.cluster_of_, self.centroids_ = arrays.get("cluster_of"), arrays.get("centroids")
+
+
+def _spherical_kmeans(x: sp.csr_matrix, n_clusters: int, iterations: int = 8, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Cluster of each row (-1: a row without features) and the clusters' unit-length centroids.
+
+    Centroids are learnt on a sample of rows (20 per cluster), then every row is assigned to its
+    closest centroid (cosine); dense blocks keep the products on BLAS. Deterministic for a seed.
+    """
+    rng = np.random.default_rng(seed)
+    described = np.flatnonzero(np.diff(x.indptr) > 0)
+    n_clusters = max(1, min(n_clusters, MAX_CLUSTERS, len(described)))
+    sample = x[np.sort(rng.choice(described, min(len(described), 20 * n_clusters), replace=False))]
+    centroids = sample[rng.choice(sample.shape[0], n_clusters, replace=False)].toarray()
+    for _ in range(iterations):
+        nearest = _nearest(sample, centroids)
+        members = sp.csr_matrix((np.ones(len(nearest), dtype=np.float32), (nearest, np.arange(len(nearest)))), shape=(n_clusters, len(nearest)))
+        sums = np.asarray((members @ sample).todense(), dtype=np.float32)
+        norms = np.linalg.norm(sums, axis=1)
+        filled = norms > 0  # an empty cluster keeps its old centroid
+        centroids[filled] = sums[filled] / norms[filled, None]
+    cluster_of = np.full(x.shape[0], -1, dtype=np.int32)
+    cluster_of[described] = _nearest(x[described], centroids)
+    return cluster_of, centroids.astype(np.float32)
+
+
+def _nearest(rows: sp.csr_matrix, centroids: np.ndarray, block: int = 4096) -> np.ndarray:
+    """Index of each row's closest centroid (largest dot product), block by block."""
+    out = np.empty(rows.shape[0], dtype=np.int32)
+    for start in range(0, rows.shape[0], block):
+        out[start : start + block] = (rows[start : start + block].toarray() @ centroids.T).argmax(axis=1)
+    return out

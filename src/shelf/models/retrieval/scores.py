@@ -12,11 +12,14 @@ retriever answers with one of:
 * :class:`RankedScores`: a dense vector whose ranking is computed once and shared by many
   requests (popularity per segment): top-n is a slice;
 * :class:`LinearScores`: a sparse profile times a sparse item matrix (content), whose top-n is
-  found by max-score pruning over the features' posting lists.
+  found by max-score pruning over the features' posting lists, or, on a big catalogue where
+  pruning cannot skip anything, approximately from :class:`ItemClusters`.
 
 Every form answers ``top(n)`` exactly as ``top_indices(dense, n)`` would (best first, ties to the
 lower index), ``at(idx)`` exactly as ``dense[idx]``, and ``dense()`` as the vector itself; that
-parity is tested for every retriever.
+parity is tested for every retriever. The one exception is opt-in and size-gated: a
+``LinearScores`` given ``ItemClusters`` (content on catalogues of ``ContentConfig.approximate_from``
+items or more) answers a broad profile's ``top(n)`` from the closest clusters only (see there).
 """
 
 from __future__ import annotations
@@ -54,18 +57,24 @@ def top_of(scores: np.ndarray, n: int) -> np.ndarray:
 def weighted_rows(matrix: Any, rows: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``sum_k weights[k] * matrix[rows[k]]`` of a CSR matrix as a sparse vector: ascending unique
     column indices and float64 sums. For a handful of rows this is several times cheaper than
-    building a one-row sparse matrix and multiplying (scipy's per-call overhead dominates)."""
+    building a one-row sparse matrix and multiplying (scipy's per-call overhead dominates).
+
+    The rows' entries are gathered in one vectorised step (no loop over rows); each product is
+    rounded to the matrix's dtype, as ``row * weight`` would be, before the float64 sums.
+    """
     ptr, indices, data = matrix.indptr, matrix.indices, matrix.data
-    idx_parts, val_parts = [], []
-    for r, w in zip(np.asarray(rows, dtype=np.int64).tolist(), np.asarray(weights, dtype=np.float64).tolist(), strict=True):
-        start, end = ptr[r], ptr[r + 1]
-        if end > start:
-            idx_parts.append(indices[start:end])
-            val_parts.append(data[start:end] * w)
-    if not idx_parts:
+    rows = np.asarray(rows, dtype=np.int64)
+    starts, ends = ptr[rows], ptr[rows + 1]
+    lengths = ends - starts
+    total = int(lengths.sum())
+    if total == 0:
         return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float64)
-    idx, inverse = np.unique(np.concatenate(idx_parts), return_inverse=True)
-    return idx.astype(np.int64), np.bincount(inverse, weights=np.concatenate(val_parts), minlength=len(idx))
+    # Position of every entry of the chosen rows, row after row: start of its row + its rank in it.
+    first = np.cumsum(lengths) - lengths
+    positions = np.arange(total, dtype=np.int64) + np.repeat(starts - first, lengths)
+    scaled = data[positions] * np.repeat(np.asarray(weights, dtype=np.float64).astype(data.dtype), lengths)
+    idx, inverse = np.unique(indices[positions], return_inverse=True)
+    return idx.astype(np.int64), np.bincount(inverse, weights=scaled, minlength=len(idx))
 
 
 class DenseScores:
@@ -189,6 +198,78 @@ class RankedScores:
         return self._bounds
 
 
+class ItemClusters:
+    """Items grouped by content cluster, for an approximate top-n of ``X @ p`` that does not
+    read the whole catalogue (the inverted-file idea, over a sparse matrix).
+
+    ``centroids`` (clusters × features) are the unit-length means of spherical k-means over the
+    item rows; ``cluster_of[i]`` is item i's cluster (-1: an item without features, which never
+    scores above 0). A query scores the centroids (one small dense product), takes the clusters
+    in that order until they hold ``max(candidate_factor * n, min_candidates)`` items, and scores exactly those items from a copy
+    of their rows laid out cluster by cluster (contiguous slices, no per-row gathering). Items
+    in clusters further from the profile are not looked at: that is the approximation. Scores
+    are float32 sums of the same products as ``X @ p``, summed in a different order, so a value
+    can differ from ``dense()``'s in its last bit.
+    """
+
+    __slots__ = ("candidate_factor", "centroids", "data", "indices", "items", "min_candidates", "nnz_starts", "row_starts", "sizes", "starts")
+
+    def __init__(self, matrix: Any, cluster_of: np.ndarray, centroids: np.ndarray, candidate_factor: int = 10, min_candidates: int = 1000) -> None:
+        self.candidate_factor, self.min_candidates = candidate_factor, min_candidates
+        cluster_of = np.asarray(cluster_of, dtype=np.int64)
+        self.centroids = np.ascontiguousarray(centroids, dtype=np.float32)
+        n_clusters = len(self.centroids)
+        placed = np.flatnonzero((cluster_of >= 0) & (np.diff(matrix.indptr) > 0))
+        order = placed[np.argsort(cluster_of[placed], kind="stable")]  # by cluster, then item
+        self.items = order
+        self.sizes = np.bincount(cluster_of[order], minlength=n_clusters).astype(np.int64)
+        self.starts = np.concatenate([[0], np.cumsum(self.sizes)]).astype(np.int64)
+        rows = matrix[order]  # items' rows, cluster by cluster
+        self.data = np.asarray(rows.data, dtype=np.float32)
+        self.indices = np.asarray(rows.indices, dtype=np.int32)
+        self.row_starts = np.asarray(rows.indptr, dtype=np.int64)
+        self.nnz_starts = self.row_starts[self.starts]
+
+    def top(self, profile: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """The best ``n`` positive scores among the items of the clusters closest to ``profile``."""
+        if n <= 0 or not len(self.items):
+            return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32)
+        closeness = self.centroids @ profile
+        order = np.argsort(-closeness, kind="stable")
+        budget = max(self.candidate_factor * n, self.min_candidates)
+        reach = int(np.searchsorted(np.cumsum(self.sizes[order]), budget)) + 1
+        chosen = order[:reach].tolist()
+        starts, nnz_starts, row_starts = self.starts, self.nnz_starts, self.row_starts
+        data = np.concatenate([self.data[nnz_starts[c] : nnz_starts[c + 1]] for c in chosen])
+        features = np.concatenate([self.indices[nnz_starts[c] : nnz_starts[c + 1]] for c in chosen])
+        # Each chosen row's first entry within the gathered arrays (clusters hold no empty rows).
+        shift, offsets, rows = 0, [], []
+        for c in chosen:
+            offsets.append(row_starts[starts[c] : starts[c + 1]] + (shift - nnz_starts[c]))
+            rows.append(self.items[starts[c] : starts[c + 1]])
+            shift += int(nnz_starts[c + 1] - nnz_starts[c])
+        values = np.add.reduceat(data * profile[features], np.concatenate(offsets)).astype(np.float32)
+        items = np.concatenate(rows)
+        positive = values > 0
+        if not positive.all():
+            items, values = items[positive], values[positive]
+        return _top_by_item(items, values, n)
+
+
+def _top_by_item(items: np.ndarray, values: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``n`` best (item, value) pairs, best first, ties to the lower item index."""
+    if len(values) > n:
+        kth = np.partition(values, len(values) - n)[len(values) - n]
+        above = np.flatnonzero(values > kth)
+        tied = np.flatnonzero(values == kth)
+        if len(above) + len(tied) > n:
+            tied = tied[np.argsort(items[tied], kind="stable")[: n - len(above)]]
+        chosen = np.concatenate([above, tied])
+        items, values = items[chosen], values[chosen]
+    order = np.lexsort((items, -values))[:n]
+    return items[order], values[order]
+
+
 class LinearScores:
     """``X @ p`` for a sparse item matrix ``X`` (items × features, non-negative) and a sparse
     non-negative profile ``p``, with only positive scores proposed; ``top(n)`` is exact without
@@ -201,11 +282,23 @@ class LinearScores:
     a top-level category) have small bounds and are skipped; a profile reaches the answer in at
     most two rounds. Exact scores come from the items' own rows, summed in row order, which is
     exactly what ``dense()`` computes for them.
+
+    When pruning would read most of the catalogue anyway (a broad profile over a small, broad
+    vocabulary), ``top`` scores the whole matrix once; or, given ``clusters``, scores only the
+    items of the clusters closest to the profile (:class:`ItemClusters`, approximate).
     """
 
-    __slots__ = ("_dense", "by_feature", "column_max", "features", "matrix", "profile", "weights")
+    __slots__ = ("_dense", "by_feature", "clusters", "column_max", "features", "matrix", "profile", "weights")
 
-    def __init__(self, matrix: Any, by_feature: Any, column_max: np.ndarray, features: np.ndarray, weights: np.ndarray) -> None:
+    def __init__(
+        self,
+        matrix: Any,
+        by_feature: Any,
+        column_max: np.ndarray,
+        features: np.ndarray,
+        weights: np.ndarray,
+        clusters: ItemClusters | None = None,
+    ) -> None:
         self.matrix = matrix  # items × features, CSR
         self.by_feature = by_feature  # features × items, CSR (posting lists)
         self.column_max = column_max
@@ -214,6 +307,7 @@ class LinearScores:
         self.profile = np.zeros(matrix.shape[1], dtype=np.float32)
         self.profile[self.features] = self.weights
         self._dense: np.ndarray | None = None
+        self.clusters = clusters
 
     def __len__(self) -> int:
         return int(self.matrix.shape[0])
@@ -237,14 +331,14 @@ class LinearScores:
         if lengths.sum() >= len(self):
             # The profile's features cover the catalogue over (a small vocabulary of broad
             # features): pruning would gather most rows anyway; one pass over the matrix is cheaper.
-            return DenseScores(self._full()).top(n)
+            return self._broad(n)
         # Round one: the most promising features until they reach n items (or all features).
         expanded = int(np.searchsorted(np.cumsum(lengths), n)) + 1
         while True:
             if lengths[:expanded].sum() > DENSE_SHARE * len(self):
                 # Broad features overlap (a small vocabulary): pruning would touch most of the
                 # catalogue, and one pass over the whole matrix is cheaper than gathering rows.
-                return DenseScores(self._full()).top(n)
+                return self._broad(n)
             cand = self._postings(self.features[order[:expanded]])
             values = self._exact(cand)
             positive = values > 0
@@ -260,6 +354,12 @@ class LinearScores:
             expanded += needed
         pos = top_of(values, n)  # cand ascends, so lower position = lower index on ties
         return cand[pos], values[pos]
+
+    def _broad(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-n of a profile that reaches most of the catalogue: every row, or the closest clusters."""
+        if self.clusters is not None:
+            return self.clusters.top(self.profile, n)
+        return DenseScores(self._full()).top(n)
 
     def at(self, idx: np.ndarray) -> np.ndarray:
         idx = np.asarray(idx, dtype=np.int64)
@@ -284,4 +384,4 @@ class LinearScores:
 
 QueryScores = DenseScores | SparseScores | RankedScores | LinearScores
 
-__all__ = ["DenseScores", "LinearScores", "QueryScores", "RankedScores", "SparseScores", "top_of", "weighted_rows"]
+__all__ = ["DenseScores", "ItemClusters", "LinearScores", "QueryScores", "RankedScores", "SparseScores", "top_of", "weighted_rows"]
