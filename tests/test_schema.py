@@ -116,7 +116,7 @@ def test_pseudonym_cache_is_bounded_and_consistent(dev_key: bytes) -> None:
     first, second = small.array(ids), small.array(ids)
     assert first.equals(second)
     assert first.to_pylist() == [small.one(x) for x in ids.to_pylist()]
-    assert small._known_ids is not None and len(small._known_ids) == 2
+    assert small.cached == 2
     blanks = Pseudonymizer(dev_key).array(pa.array(["", "a", None, ""]), blank_is_null=True)
     assert blanks.to_pylist() == [None, small.one("a"), None, None]
 

@@ -21,9 +21,10 @@ def tiny_runs(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(keys, "MEMORY_RUN_KEYS", 64)
     monkeypatch.setattr(keys, "BLOCK_KEYS", 8)
     monkeypatch.setattr(keys, "CHUNK_KEYS", 24)
-    monkeypatch.setattr(keys, "MAPPED_KEYS", 5)
+    monkeypatch.setattr(keys, "READ_KEYS", 5)
     monkeypatch.setattr(keys, "FIRST_FILTER_KEYS", 32)
     monkeypatch.setattr(keys, "FAN_IN", 3)
+    monkeypatch.setattr(keys, "FILTER_CHUNK_WORDS", 4)
 
 
 def test_first_occurrences_compares_all_128_bits() -> None:
@@ -72,7 +73,7 @@ def test_spilled_runs_answer_exactly_like_a_set(tiny_runs: None, tmp_path: Path,
     assert index.disk_bytes > 0 and len(index) == len(held)
     every = np.array(sorted(held), dtype=np.uint64)
     assert index.contains(every[:, 0], every[:, 1]).all()  # dense lookups: runs streamed
-    assert index.contains(every[::50, 0], every[::50, 1]).all()  # sparse lookups: runs mapped
+    assert index.contains(every[::50, 0], every[::50, 1]).all()  # sparse lookups: blocks read
     assert not index.contains(every[:, 0], every[:, 1] ^ np.uint64(1)).any()
     assert not index.contains(every[::50, 0] + np.uint64(1), every[::50, 1]).any()
     assert list(tmp_path.iterdir()) == []  # scratch files are unlinked from the start
@@ -102,3 +103,67 @@ def test_a_scratch_file_that_cannot_be_written_is_a_clear_lake_error(tiny_runs: 
     with pytest.raises(LakeError, match="scratch file in .*No space left on device.*nothing of it was committed"):
         index.add_sorted(hi, hi)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_after_a_failed_merge_the_index_refuses_to_answer(tiny_runs: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from shelf.errors import LakeError
+
+    index = KeyIndex(tmp_path)
+    index.add_sorted(np.arange(50, dtype=np.uint64), np.arange(50, dtype=np.uint64))
+
+    def full_disk(fd: int, values: np.ndarray, offset: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(keys, "_write_all", full_disk)
+    with pytest.raises(LakeError, match="No space left"):
+        index.add_sorted(np.arange(100, 150, dtype=np.uint64), np.arange(50, dtype=np.uint64))
+    # Keys may be missing from its runs now: "absent" would be a lie, so it answers nothing.
+    with pytest.raises(LakeError, match="unusable after an earlier failure"):
+        index.contains(u64([1]), u64([1]))
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("folder", [False, True], ids=["memory", "scratch-file"])
+def test_bloom_filter_words_are_the_same_in_memory_and_in_a_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, folder: bool) -> None:
+    monkeypatch.setattr(keys, "FILTER_CHUNK_WORDS", 8)
+    rng = np.random.default_rng(3)
+    reference = keys._Bloom(500)
+    bloom = keys._Bloom(500, tmp_path if folder else None)
+    added_hi, added_lo = [], []
+    for size in (1, 37, 0, 120, 3):
+        hi = np.sort(rng.integers(0, 2**64 - 1, size, dtype=np.uint64))
+        lo = rng.integers(0, 2**64 - 1, size, dtype=np.uint64)
+        reference.add(hi, lo)
+        bloom.add(hi[::-1].copy(), lo[::-1].copy())  # insertion does not need sorted keys
+        added_hi.append(hi)
+        added_lo.append(lo)
+    hi, lo = np.concatenate(added_hi), np.concatenate(added_lo)
+    order = np.argsort(hi)
+    hi, lo = hi[order], lo[order]
+    masks = keys._bloom_masks(lo)
+    assert bloom.may_contain(hi, masks).all()  # never a false negative
+    probe_hi = np.sort(rng.integers(0, 2**64 - 1, 2000, dtype=np.uint64))
+    probe_masks = keys._bloom_masks(rng.integers(0, 2**64 - 1, 2000, dtype=np.uint64))
+    assert (bloom.may_contain(probe_hi, probe_masks) == reference.may_contain(probe_hi, probe_masks)).all()
+    assert bloom.may_contain(probe_hi[:0], probe_masks[:0]).tolist() == []
+    if folder:
+        words = keys._read_all(bloom._file.fileno(), bloom.size, 0)
+        assert bloom.nbytes == 0 and bloom.disk_bytes == 8 * bloom.size
+        assert list(tmp_path.iterdir()) == []  # unlinked from the start
+    else:
+        words = bloom.words
+    assert np.array_equal(words, reference.words)
+    bloom.close()
+
+
+def test_filters_of_runs_on_disk_take_no_memory(tiny_runs: None, tmp_path: Path) -> None:
+    index = KeyIndex(tmp_path)
+    rng = np.random.default_rng(5)
+    for _ in range(20):
+        index.add_unsorted(rng.integers(0, 2**64 - 1, 30, dtype=np.uint64), rng.integers(0, 2**64 - 1, 30, dtype=np.uint64))
+    memory_runs = sum(len(run) for run in index._fresh)
+    fences = sum(run.nbytes for _, run in index._runs)
+    fresh_filter = index._fresh_filter.nbytes if index._fresh_filter is not None else 0
+    assert index.nbytes == 16 * memory_runs + fences + fresh_filter
+    assert index._filters.nbytes == 0 and index._filters.disk_bytes > 0
+    index.close()

@@ -15,9 +15,11 @@ Memory stays nearly flat as the lake grows (bulk ingest must not need RAM in pro
   times). Of a run on disk only every ``BLOCK_KEYS``-th high half (a "fence", 1/64 byte a key)
   stays in memory.
 * Bloom filters over every key (2 to 4 bytes a key, as a filter cannot grow and the next one is
-  twice as large: the one part that still grows) let a lookup skip the runs for almost all new
-  keys. A key that passes (under 1% of new keys, and every real duplicate) is looked up exactly:
-  by a vectorised binary search inside its fenced page of a memory-mapped run, or, when most of a
+  twice as large) let a lookup skip the runs for almost all new keys. The keys of runs on disk
+  are in filters that are scratch files too, read (and written) a 256 KiB stretch at a time in
+  the order of the sorted keys; only the newest keys' small filter is in memory. A key that
+  passes (under 1% of new keys, and every real duplicate) is looked up exactly:
+  by a vectorised binary search inside its fenced page of a run (read with pread), or, when most of a
   run's pages are wanted anyway, by streaming the run.
 
 So a key is reported present only when that very key is in a run: the filter never decides alone.
@@ -28,7 +30,6 @@ change of hash function across versions is harmless.
 
 from __future__ import annotations
 
-import mmap
 import os
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -47,10 +48,11 @@ BLOCK_KEYS = 512  # keys per fence: one 4 KiB page of high halves
 MEMORY_RUN_KEYS = 1 << 20  # keys held in memory (16 MiB) before they are merged into a file
 FAN_IN = 8  # runs of one level merged at once: each key is rewritten ~log8(n / 2M) times
 CHUNK_KEYS = 1 << 17  # keys read or written at a time (per run) when runs are merged or streamed
-MAPPED_KEYS = 4096  # keys looked up per mapping of a run (bounds the pages mapped at once)
+READ_KEYS = 4096  # keys looked up per round of block reads (bounds the blocks held: 16 MiB)
 FILTER_BITS_PER_KEY = 16  # with 6 bits set per key: ~0.4% of absent keys pass a full filter
 FILTER_HASHES = 6
 FIRST_FILTER_KEYS = 1 << 20  # each further filter holds twice as many keys as the one before
+FILTER_CHUNK_WORDS = 1 << 15  # words of a filter file read or written at a time (256 KiB)
 SCRATCH_PREFIX = ".keys-"  # scratch files are unlinked at once; a crash in between leaves this name
 
 _U64 = np.uint64
@@ -268,9 +270,9 @@ class _FileRun:
         if len(hi) >= len(self.fences):
             return self._contains_streamed(hi, lo)
         found = np.zeros(len(hi), dtype=bool)
-        for start in range(0, len(hi), MAPPED_KEYS):
-            part = slice(start, start + MAPPED_KEYS)
-            found[part] = self._contains_mapped(hi[part], lo[part])
+        for start in range(0, len(hi), READ_KEYS):
+            part = slice(start, start + READ_KEYS)
+            found[part] = self._contains_read(hi[part], lo[part])
         return found
 
     def _contains_streamed(self, hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
@@ -284,21 +286,45 @@ class _FileRun:
                 found[first:last] |= _in_sorted(run_hi, run_lo, hi[first:last], lo[first:last])
         return found
 
-    def _contains_mapped(self, hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
-        """A binary search inside each key's fenced block of the mapped file; the mapping (and the
-        pages it brought into this process) is dropped on return."""
+    def _contains_read(self, hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
+        """A binary search inside each key's fenced block, the blocks read with ``pread``.
+
+        (A memory mapping would do, but the kernel maps the page cache's large folios whole:
+        measured ~1.5 MB of this process's RSS per key looked up.)
+        """
+        n, width = self._size, BLOCK_KEYS + 1
         block = np.searchsorted(self.fences, hi, side="left").astype(np.int64) - 1
-        start = np.maximum(block, 0) * BLOCK_KEYS
-        end = np.where(block < 0, 0, np.minimum((block + 1) * BLOCK_KEYS, self._size))
-        mapped = mmap.mmap(self._fd, 16 * self._size, prot=mmap.PROT_READ)
-        try:
-            run_hi = np.frombuffer(mapped, dtype=_U64, count=self._size)
-            run_lo = np.frombuffer(mapped, dtype=_U64, count=self._size, offset=8 * self._size)
-            found = _present_at(run_hi, run_lo, hi, lo, _lower_bound(run_hi, hi, start, end))
-            del run_hi, run_lo  # views must go before the mapping can close
-        finally:
-            mapped.close()
+        # The lower bound of a key in block b lies in [b * BLOCK_KEYS, (b + 1) * BLOCK_KEYS]: one
+        # block and the next fence, read as one row. A key before the first fence searches [0, 0].
+        base = np.maximum(block, 0) * BLOCK_KEYS
+        bases, row = np.unique(base, return_inverse=True)
+        values = np.zeros((len(bases), width), dtype=_U64)
+        for i, first in enumerate(bases.tolist()):
+            _read_into(self._fd, values[i, : min(width, n - first)], 8 * first)
+        offset = row.astype(np.int64) * width
+        end = np.where(block < 0, 0, np.minimum(base + BLOCK_KEYS, n) - base)
+        local = _lower_bound(values.ravel(), hi, offset, offset + end) - offset
+        position = base + local
+        matched = np.flatnonzero((position < n) & (values[row, np.minimum(local, width - 1)] == hi))
+        found = np.zeros(len(hi), dtype=bool)
+        for i in matched.tolist():
+            found[i] = self._present_from(int(position[i]), int(hi[i]), int(lo[i]))
         return found
+
+    def _present_from(self, j: int, hi: int, lo: int) -> bool:
+        """Whether (hi, lo) is at j or later in the stretch of keys whose high half is hi (rare:
+        a duplicate, or a high half shared by distinct keys)."""
+        while j < self._size:
+            count = min(BLOCK_KEYS, self._size - j)
+            his = _read_all(self._fd, count, 8 * j)
+            los = _read_all(self._fd, count, 8 * (self._size + j))
+            same_hi = his == _U64(hi)
+            if (same_hi & (los == _U64(lo))).any():
+                return True
+            if not same_hi.all():
+                return False
+            j += count
+        return False
 
     def close(self) -> None:
         self._file.close()
@@ -313,13 +339,17 @@ def _write_all(fd: int, values: np.ndarray, offset: int) -> None:
 
 def _read_all(fd: int, count: int, offset: int) -> np.ndarray:
     out = np.empty(count, dtype=_U64)
+    _read_into(fd, out, offset)
+    return out
+
+
+def _read_into(fd: int, out: np.ndarray, offset: int) -> None:
     view = out.data.cast("B")
     while len(view):
         got = os.preadv(fd, [view], offset)
         if got == 0:
             raise OSError(f"a key run's scratch file ended early at byte {offset}")
         view, offset = view[got:], offset + got
-    return out
 
 
 # -- the filter ----------------------------------------------------------------------------------
@@ -337,57 +367,138 @@ class _Bloom:
     """A blocked Bloom filter for up to ``capacity`` keys: each key sets bits in one word.
 
     The word is picked by the top bits of the high half, so keys sorted by hi touch the words
-    in order (no random access, and insertion needs no sort).
+    in order (no random access, and insertion needs no sort). With a ``folder`` the words live in
+    an unlinked scratch file (zeros until written) and are read, and written back, a stretch of
+    ``FILTER_CHUNK_WORDS`` at a time: only the stretches a lookup needs, so at most one stretch is
+    in memory whatever the filter's size.
     """
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, folder: Path | None = None) -> None:
         self.capacity = capacity
         self.count = 0
-        self.words = np.zeros(max(1, capacity * FILTER_BITS_PER_KEY // 64), dtype=_U64)
-        assert len(self.words) < 1 << 32  # the slot arithmetic below stays within 64 bits
+        self.size = max(1, capacity * FILTER_BITS_PER_KEY // 64)  # in words
+        assert self.size < 1 << 32  # the slot arithmetic below stays within 64 bits
+        self.words: np.ndarray | None = None
+        self._file: IO[bytes] | None = None
+        if folder is None:
+            self.words = np.zeros(self.size, dtype=_U64)
+            return
+        self._file = tempfile.TemporaryFile(dir=folder, prefix=SCRATCH_PREFIX)  # noqa: SIM115 (owned by the filter)
+        try:
+            os.ftruncate(self._file.fileno(), 8 * self.size)  # a sparse file of zero words
+        except BaseException:
+            self._file.close()
+            raise
+
+    @property
+    def nbytes(self) -> int:
+        return 0 if self.words is None else self.words.nbytes
+
+    @property
+    def disk_bytes(self) -> int:
+        return 0 if self._file is None else 8 * self.size
 
     def _slots(self, hi: np.ndarray) -> np.ndarray:
-        return ((hi >> _U64(32)) * _U64(len(self.words))) >> _U64(32)
+        return ((hi >> _U64(32)) * _U64(self.size)) >> _U64(32)
+
+    def _stretches(self, slots: np.ndarray) -> Iterator[tuple[int, int, int]]:
+        """(first key, end key, first word) of each stretch of sorted ``slots`` in one chunk."""
+        chunk = slots // _U64(FILTER_CHUNK_WORDS)
+        starts = np.flatnonzero(np.concatenate(([True], chunk[1:] != chunk[:-1])))
+        ends = np.append(starts[1:], len(slots))
+        for a, b in zip(starts.tolist(), ends.tolist(), strict=True):
+            yield a, b, int(slots[a])
 
     def add(self, hi: np.ndarray, lo: np.ndarray) -> None:
+        if not len(hi):
+            return
         slots, masks = self._slots(hi), _bloom_masks(lo)
-        if len(slots) > 1 and bool(np.all(slots[1:] >= slots[:-1])):
-            starts = np.flatnonzero(np.concatenate(([True], slots[1:] != slots[:-1])))
-            self.words[slots[starts]] |= np.bitwise_or.reduceat(masks, starts)
+        if not _is_sorted(slots):
+            order = np.argsort(slots, kind="stable")
+            slots, masks = slots[order], masks[order]
+        if self.words is not None:
+            _set_bits(self.words, slots, masks)
         else:
-            np.bitwise_or.at(self.words, slots, masks)
+            assert self._file is not None
+            fd = self._file.fileno()
+            for a, b, first in self._stretches(slots):
+                words = _read_all(fd, int(slots[b - 1]) - first + 1, 8 * first)
+                _set_bits(words, slots[a:b] - _U64(first), masks[a:b])
+                _write_all(fd, words, 8 * first)
         self.count += len(hi)
 
     def may_contain(self, hi: np.ndarray, masks: np.ndarray) -> np.ndarray:
-        return (self.words[self._slots(hi)] & masks) == masks
+        """Whether each key may be in the filter; ``hi`` sorted ascending."""
+        slots = self._slots(hi)
+        if self.words is not None:
+            return (self.words[slots] & masks) == masks
+        assert self._file is not None
+        if not len(hi):
+            return np.zeros(0, dtype=bool)
+        fd = self._file.fileno()
+        maybe = np.empty(len(hi), dtype=bool)
+        for a, b, first in self._stretches(slots):
+            words = _read_all(fd, int(slots[b - 1]) - first + 1, 8 * first)
+            maybe[a:b] = (words[slots[a:b] - _U64(first)] & masks[a:b]) == masks[a:b]
+        return maybe
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        self.words = None
+
+
+def _is_sorted(values: np.ndarray) -> bool:
+    return len(values) < 2 or bool(np.all(values[1:] >= values[:-1]))
+
+
+def _set_bits(words: np.ndarray, slots: np.ndarray, masks: np.ndarray) -> None:
+    """words[slots] |= masks, for sorted slots (one OR per distinct slot)."""
+    starts = np.flatnonzero(np.concatenate(([True], slots[1:] != slots[:-1])))
+    words[slots[starts]] |= np.bitwise_or.reduceat(masks, starts)
 
 
 class _Filters:
-    """Bloom filters of doubling capacity (a filter cannot grow): keys go into the newest."""
+    """Bloom filters of doubling capacity (a filter cannot grow): keys go into the newest.
 
-    def __init__(self) -> None:
+    With a ``folder`` each filter is a scratch file (see :class:`_Bloom`), so the filters of a
+    large lake take disk and page cache, not this process's memory.
+    """
+
+    def __init__(self, folder: Path | None = None) -> None:
+        self._folder = folder
         self._filters: list[_Bloom] = []
 
     @property
     def nbytes(self) -> int:
-        return sum(f.words.nbytes for f in self._filters)
+        return sum(f.nbytes for f in self._filters)
+
+    @property
+    def disk_bytes(self) -> int:
+        return sum(f.disk_bytes for f in self._filters)
 
     def add(self, hi: np.ndarray, lo: np.ndarray) -> None:
         while len(hi):
             if not self._filters or self._filters[-1].count >= self._filters[-1].capacity:
                 previous = self._filters[-1].capacity if self._filters else FIRST_FILTER_KEYS // 2
-                self._filters.append(_Bloom(2 * previous))
+                self._filters.append(_Bloom(2 * previous, self._folder))
             newest = self._filters[-1]
             take = newest.capacity - newest.count
             newest.add(hi[:take], lo[:take])
             hi, lo = hi[take:], lo[take:]
 
-    def may_contain(self, hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
+    def may_contain(self, hi: np.ndarray, masks: np.ndarray) -> np.ndarray:
+        """``hi`` sorted ascending; ``masks`` from :func:`_bloom_masks` of the low halves."""
         maybe = np.zeros(len(hi), dtype=bool)
-        masks = _bloom_masks(lo)
         for bloom in self._filters:
             maybe |= bloom.may_contain(hi, masks)
         return maybe
+
+    def close(self) -> None:
+        for bloom in self._filters:
+            bloom.close()
+        self._filters = []
 
 
 # -- the index -----------------------------------------------------------------------------------
@@ -405,7 +516,9 @@ class KeyIndex:
         self._folder = folder
         self._fresh: list[_MemoryRun] = []  # one run per add, until MEMORY_RUN_KEYS are held
         self._runs: list[tuple[int, _MemoryRun | _FileRun]] = []  # (level, run), levels descending
-        self._filters = _Filters()
+        self._fresh_filter: _Bloom | None = None  # the fresh runs' keys (in memory, < MEMORY_RUN_KEYS)
+        self._filters = _Filters(folder)  # the merged runs' keys (scratch files with a folder)
+        self._failed: LakeError | None = None
 
     def _all_runs(self) -> list[_MemoryRun | _FileRun]:
         return [run for _, run in self._runs] + list(self._fresh)
@@ -415,12 +528,15 @@ class KeyIndex:
 
     @property
     def nbytes(self) -> int:
-        """Memory held: in-memory runs, fences of runs on disk, filters."""
-        return sum(run.nbytes for run in self._all_runs()) + self._filters.nbytes
+        """Memory held: in-memory runs, fences of runs on disk, in-memory filters."""
+        fresh_filter = self._fresh_filter.nbytes if self._fresh_filter is not None else 0
+        return sum(run.nbytes for run in self._all_runs()) + self._filters.nbytes + fresh_filter
 
     @property
     def disk_bytes(self) -> int:
-        return sum(run.disk_bytes for run in self._all_runs() if isinstance(run, _FileRun))
+        """Scratch files: runs and filters."""
+        runs = sum(run.disk_bytes for run in self._all_runs() if isinstance(run, _FileRun))
+        return runs + self._filters.disk_bytes
 
     @property
     def run_sizes(self) -> list[int]:
@@ -441,27 +557,53 @@ class KeyIndex:
         """Add keys that are not yet present; ``hi`` sorted ascending.
 
         Added runs are not merged until MEMORY_RUN_KEYS are held (behind the filter, a lookup
-        in a few more runs costs little; merging costs a copy of every key). Then they become one
-        run of level 0, in a file when the index has a folder; FAN_IN runs of one level become
-        one run of the next level.
+        in a few more runs costs little; merging costs a copy of every key); a small filter in
+        memory covers them. Then they become one run of level 0, in a file when the index has a
+        folder, and their keys go into the large filters as the merge streams them (one pass
+        over a filter file per MEMORY_RUN_KEYS keys); FAN_IN runs of one level become one run
+        of the next level.
         """
+        self._check_usable()
         if not len(hi):
             return
-        self._filters.add(hi, lo)
         self._fresh.append(_MemoryRun(hi, lo))
         if sum(len(run) for run in self._fresh) < MEMORY_RUN_KEYS:
+            if self._fresh_filter is None:
+                self._fresh_filter = _Bloom(MEMORY_RUN_KEYS)
+            self._fresh_filter.add(hi, lo)
             return
-        fresh, self._fresh = self._fresh, []
-        self._runs.append((0, self._merge(fresh)))
+        try:
+            merged = self._merge(self._fresh, into_filters=True)
+        except LakeError as error:
+            self._fail(error)
+            raise
+        self._fresh, self._fresh_filter = [], None
+        self._runs.append((0, merged))
         while len(self._runs) >= FAN_IN and len({level for level, _ in self._runs[-FAN_IN:]}) == 1:
             level = self._runs[-1][0]
             group = [run for _, run in self._runs[-FAN_IN:]]
-            self._runs[-FAN_IN:] = [(level + 1, self._merge(group))]
+            try:
+                self._runs[-FAN_IN:] = [(level + 1, self._merge(group))]
+            except LakeError as error:
+                self._fail(error)
+                raise
 
-    def _merge(self, runs: list[_MemoryRun] | list[_MemoryRun | _FileRun]) -> _MemoryRun | _FileRun:
-        """Runs → one, streamed chunk by chunk into a file (or into memory without a folder)."""
+    def _fail(self, error: LakeError) -> None:
+        """A merge failed: keys may be missing from the runs, so the index answers no more."""
+        self.close()
+        self._failed = error
+
+    def _check_usable(self) -> None:
+        if self._failed is not None:
+            raise LakeError(f"the dedupe index is unusable after an earlier failure: {self._failed}")
+
+    def _merge(self, runs: list[_MemoryRun] | list[_MemoryRun | _FileRun], *, into_filters: bool = False) -> _MemoryRun | _FileRun:
+        """Runs → one, streamed chunk by chunk into a file (or into memory without a folder);
+        with ``into_filters``, each chunk's keys go into the large filters before the run holds them."""
         size = sum(len(run) for run in runs)
         chunks = _merged_streams([run.chunks() for run in runs])
+        if into_filters:
+            chunks = self._filtered(chunks)
         try:
             if self._folder is not None:
                 try:
@@ -477,8 +619,14 @@ class KeyIndex:
             for run in runs:
                 run.close()
 
+    def _filtered(self, chunks: Iterator[Keys]) -> Iterator[Keys]:
+        for hi, lo in chunks:
+            self._filters.add(hi, lo)  # sorted chunks: together one pass over the newest filter
+            yield hi, lo
+
     def contains(self, hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
         """Membership of each (hi, lo); fastest with ``hi`` sorted ascending."""
+        self._check_usable()
         hi = np.asarray(hi, dtype=_U64)
         lo = np.asarray(lo, dtype=_U64)
         order = None
@@ -486,7 +634,11 @@ class KeyIndex:
             order = np.argsort(hi, kind="stable")
             hi, lo = hi[order], lo[order]
         found = np.zeros(len(hi), dtype=bool)
-        maybe = np.flatnonzero(self._filters.may_contain(hi, lo))
+        masks = _bloom_masks(lo)
+        passed = self._filters.may_contain(hi, masks)
+        if self._fresh_filter is not None:
+            passed |= self._fresh_filter.may_contain(hi, masks)
+        maybe = np.flatnonzero(passed)
         if len(maybe):
             want_hi, want_lo = hi[maybe], lo[maybe]
             hit = np.zeros(len(maybe), dtype=bool)
@@ -506,3 +658,5 @@ class KeyIndex:
         for run in self._all_runs():
             run.close()
         self._runs, self._fresh = [], []
+        self._filters.close()
+        self._fresh_filter = None
