@@ -247,21 +247,43 @@ def ingest(
     return report
 
 
+# How long Arrow's jemalloc keeps freed pages before returning them to the system while an ingest
+# streams batches (Arrow's own default, restored afterwards, is 1000 ms).
+INGEST_DECAY_MS = 100
+_ARROW_DEFAULT_DECAY_MS = 1000
+
+
 @contextlib.contextmanager
 def _memory_returned_to_the_system() -> Iterator[None]:
-    """Arrow's system allocator while batches stream through (unless ARROW_DEFAULT_MEMORY_POOL
-    chooses one): mimalloc and jemalloc keep freed batch-sized blocks for reuse, which measured
-    ~80 MB more peak RSS on a 3M-event ingest; glibc hands such large blocks back at once, at no
-    measurable cost in speed. Buffers remember their pool, so switching mid-process is safe."""
+    """The memory pool batches stream through (unless ARROW_DEFAULT_MEMORY_POOL chooses one).
+
+    Arrow's jemalloc with a short decay where pyarrow has it, else the system allocator. Arrow's
+    default, mimalloc, keeps freed batch-sized blocks for reuse (~80 MB more peak RSS on 3M events).
+    The system allocator (glibc) returns them, but batch-sized buffers mixed with DuckDB's and
+    numpy's allocations in the same glibc arenas fragment them, so peak RSS crept up with the input
+    (CSV: 710 MiB at 3M events, 775-808 at 10M, 867 at 30M); with Arrow's buffers in jemalloc,
+    freed pages returned after ``INGEST_DECAY_MS``, it measured 625 / 668-739 / 710 MiB at the
+    same CPU time. A fixed glibc mmap threshold instead (1 MiB) cut as much but doubled the wall
+    time (mmap/munmap per buffer); Arrow's default 1000 ms decay kept ~50 MiB more at 10M.
+    Buffers remember their pool, so switching mid-process is safe.
+    """
     if os.environ.get("ARROW_DEFAULT_MEMORY_POOL"):
         yield
         return
     previous = pa.default_memory_pool()
-    pa.set_memory_pool(pa.system_memory_pool())
+    try:
+        pool = pa.jemalloc_memory_pool()
+        pa.jemalloc_set_decay_ms(INGEST_DECAY_MS)
+    except (NotImplementedError, pa.ArrowException):  # a pyarrow built without jemalloc
+        pool = None
+    pa.set_memory_pool(pool if pool is not None else pa.system_memory_pool())
     try:
         yield
     finally:
         pa.set_memory_pool(previous)
+        if pool is not None:
+            with contextlib.suppress(NotImplementedError, pa.ArrowException):
+                pa.jemalloc_set_decay_ms(_ARROW_DEFAULT_DECAY_MS)
 
 
 def _malloc_trim() -> Callable[[int], int] | None:
@@ -270,7 +292,8 @@ def _malloc_trim() -> Callable[[int], int] | None:
     glibc keeps freed blocks of a few MB in its per-thread arenas (its mmap threshold rises to
     32 MB after the first large free), so without a trim the reader's, validator's and writer's
     freed batches add up: on a 10M-event CSV ingest peak RSS measured 915 MB without it, 676 MB
-    with it, for ~2 s more CPU time in all.
+    with it, for ~2 s more CPU time in all (with Arrow's buffers in jemalloc, 812 vs 713 MiB:
+    DuckDB's and numpy's memory still comes from glibc).
     """
     try:
         function = ctypes.CDLL(None).malloc_trim

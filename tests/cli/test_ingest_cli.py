@@ -177,3 +177,19 @@ def test_simulate_then_stats(home: Path) -> None:
 def test_simulate_rejects_nonsense(home: Path) -> None:
     result = shelf(home, "simulate", "--users", "0")
     assert result.exit_code != 0 and "users" in result.output
+
+
+def test_batches_stream_through_a_pool_that_returns_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Arrow's jemalloc with a short decay (or the system allocator) while batches stream, and
+    Arrow's default pool again afterwards; ARROW_DEFAULT_MEMORY_POOL, when set, is left alone."""
+    from shelf.ingest import _memory_returned_to_the_system
+
+    monkeypatch.delenv("ARROW_DEFAULT_MEMORY_POOL", raising=False)
+    before = pa.default_memory_pool().backend_name
+    with _memory_returned_to_the_system():
+        inside = pa.default_memory_pool().backend_name
+    assert inside in ("jemalloc", "system") and inside != "mimalloc"
+    assert pa.default_memory_pool().backend_name == before
+    monkeypatch.setenv("ARROW_DEFAULT_MEMORY_POOL", "mimalloc")
+    with _memory_returned_to_the_system():
+        assert pa.default_memory_pool().backend_name == before

@@ -167,6 +167,26 @@ def test_parquet_keeps_types_and_numbers_records(tmp_path: Path) -> None:
     assert table["type"].to_pylist() == ["view", "purchase"] and positions == [1, 2]
 
 
+def test_parquet_batches_come_from_the_pool_chosen_after_opening(tmp_path: Path) -> None:
+    """The ingest picks its memory pool after the source was opened (and checked); a Parquet
+    reader allocates from the pool that was the default when it was opened, so batches must be
+    read through a reader opened at read time, not the one the checks used."""
+    path = tmp_path / "events.parquet"
+    pq.write_table(pa.table({"item_id": [f"item-{i}" for i in range(50_000)], "type": ["view"] * 50_000,
+                             "timestamp": list(range(50_000))}), path)
+    system = pa.system_memory_pool()
+    previous = pa.default_memory_pool()
+    batches = read_records(path, kind="events", options=ReadOptions())  # opened (and checked) here
+    pa.set_memory_pool(system)
+    try:
+        before = system.bytes_allocated()
+        batch = next(iter(batches))
+        assert batch.table.num_rows == 50_000
+        assert system.bytes_allocated() - before >= batch.table["item_id"].nbytes
+    finally:
+        pa.set_memory_pool(previous)
+
+
 # --- bad input: each a clear InputError saying what, where, and what was expected -------------
 
 

@@ -478,7 +478,12 @@ class ParquetSource:
     def batches(self, include: Sequence[str]) -> Iterator[SourceChunk]:
         start = 1
         try:
-            for batch in self._file.iter_batches(batch_size=self.batch_rows, columns=list(include)):
+            # Opened again here: a reader allocates from the memory pool that was the default when
+            # it was opened, and the ingest chooses its pool (see shelf.ingest) after the file was
+            # checked in __init__; through the opening pool, Arrow's mimalloc, ~100 MB of batches
+            # sat in a pool that keeps freed blocks.
+            file = pq.ParquetFile(self.path, pre_buffer=False)
+            for batch in file.iter_batches(batch_size=self.batch_rows, columns=list(include)):
                 table = pa.Table.from_batches([batch])
                 yield SourceChunk(table, pa.array(np.arange(start, start + table.num_rows, dtype=np.int64)), [])
                 start += table.num_rows
