@@ -80,3 +80,30 @@ def test_weighted_rows_matches_the_row_by_row_sum() -> None:
             dense += (matrix[r].toarray()[0] * np.float32(w)).astype(np.float64)
         assert np.array_equal(idx, np.flatnonzero(np.bincount(matrix[rows].indices, minlength=50))) if size else len(idx) == 0
         np.testing.assert_allclose(values, dense[idx], rtol=1e-12)
+
+
+def test_weighted_rows_sums_alike_over_few_and_many_columns() -> None:
+    """Few columns (content's features) are binned densely, many (co-occurrence's items) sorted."""
+    rng = np.random.default_rng(3)
+    for width in (50, 20_000):
+        matrix = sp.random(300, width, density=min(1.0, 20 / width), format="csr", dtype=np.float32, random_state=2)
+        for size in (1, 4, 40):
+            rows = rng.integers(0, 300, size)
+            weights = rng.random(size)
+            idx, values = weighted_rows(matrix, rows, weights)
+            expect = np.zeros(width)
+            for r, w in zip(rows, weights, strict=True):
+                expect += (matrix[r].toarray()[0] * np.float32(w)).astype(np.float64)
+            assert idx.tolist() == np.flatnonzero(np.bincount(matrix[rows].indices, minlength=width)).tolist()
+            np.testing.assert_allclose(values, expect[idx], rtol=1e-12)
+
+
+def test_unique_inverse_is_numpys() -> None:
+    from shelf.models.retrieval.scores import unique_inverse
+
+    rng = np.random.default_rng(5)
+    for size in (1, 2, 17, 900):
+        for dtype in (np.int32, np.int64):
+            values = rng.integers(0, max(2, size // 3), size).astype(dtype)
+            got, want = unique_inverse(values), np.unique(values, return_inverse=True)
+            assert got[0].tolist() == want[0].tolist() and got[1].tolist() == want[1].tolist()

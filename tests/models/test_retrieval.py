@@ -284,3 +284,20 @@ def test_content_refit_with_a_new_vocabulary_scores_against_the_new_vectors() ->
     model.fit(Interactions.from_events(events, item_table=few)).retrieve(Query(user_id=user), 2)
     refitted = model.fit(Interactions.from_events(events, item_table=many))
     assert len(refitted.retrieve(Query(user_id=user), 2)) >= 1
+
+
+def test_popularity_warm_ranks_ahead_what_requests_then_get() -> None:
+    data = make_interactions(seed=1)
+    model = PopularityRetriever().fit(data)
+    now = datetime(2024, 5, 1, 14, tzinfo=UTC)
+    assert model.warm(now) >= 1
+    cache = model.__dict__["_ranked_cache"][1]
+    warmed = dict(cache)
+    queries = [Query(user_id=str(u), context=Context(timestamp=now)) for u in data.users.ids[:20]]
+    queries += [Query(context=Context(timestamp=now, region=r)) for r in (None, *model.segment_values_.get("region", ())[:3])]
+    for query in queries:
+        ranked = model.query_scores(query)
+        key = tuple(sorted(model._segment_codes(query).items()))
+        if key in warmed:
+            assert ranked is warmed[key], "served from the warmed entry"
+        np.testing.assert_array_equal(ranked.dense(), model._scores_for(dict(key)))

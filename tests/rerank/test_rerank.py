@@ -326,3 +326,44 @@ def test_fused_filters_equal_the_filters_in_turn(
     assert ids(fused) == ids(expected)
     assert fused.scores.tolist() == expected.scores.tolist()
     assert fused.sources is not None and expected.sources is not None and fused.sources.tolist() == expected.sources.tolist()
+
+
+@settings(max_examples=300, deadline=None)
+@given(items=st.lists(_ID, max_size=14), exclude=st.frozensets(st.sampled_from(["a", "c", "7", "unknown-1"])),
+       bought=st.sets(st.sampled_from(["a", "d", "8", "unknown-2"])), unknown=st.sampled_from(["keep", "drop"]),
+       purchases=st.booleans(), anonymous=st.booleans(), n=st.integers(0, 16))
+def test_filters_over_a_stocked_catalogue_and_their_head_answer_as_over_a_plain_one(
+    items: list[object], exclude: frozenset[str], bought: set[str], unknown: str, purchases: bool, anonymous: bool, n: int
+) -> None:
+    from shelf.rerank import Filters, StockedCatalogue
+
+    candidates = Scored(np.array(items, dtype=object), np.linspace(1.0, 0.1, len(items), dtype=np.float32), np.array([f"s{i}" for i in range(len(items))], dtype=object))
+    query = Query(user_id=None if anonymous else "u", exclude=exclude)
+    purchased = (lambda user: frozenset(bought)) if purchases else None
+    plain = Filters(CATALOGUE, unknown=unknown, purchased=purchased)(query, candidates, 100)  # type: ignore[arg-type]
+    stocked = Filters(StockedCatalogue(CATALOGUE), unknown=unknown, purchased=purchased)  # type: ignore[arg-type]
+    for got in (stocked(query, candidates, 100), Pipeline((stocked,))(query, candidates, 100), stocked.head(query, candidates, n)):
+        want = plain.head(len(got)) if len(got) < len(plain) else plain
+        assert ids(got) == ids(want) and got.scores.tolist() == want.scores.tolist()
+        assert got.sources is not None and want.sources is not None and got.sources.tolist() == want.sources.tolist()
+    assert ids(stocked.head(query, candidates, n)) == ids(plain)[:n]
+
+
+def test_a_stocked_catalogue_keeps_its_out_of_stock_set_in_step() -> None:
+    from shelf.rerank import StockedCatalogue
+
+    catalogue = StockedCatalogue({"a": ItemMeta(stock=0), "b": ItemMeta(stock=3), "c": ItemMeta()})
+    assert catalogue.out_of_stock == {"a"}
+    catalogue["b"] = ItemMeta(stock=0)
+    catalogue["a"] = ItemMeta(stock=1)
+    assert catalogue.out_of_stock == {"b"}
+    catalogue.update({"c": ItemMeta(stock=-1)}, d=ItemMeta(stock=0))
+    assert catalogue.out_of_stock == {"b", "c", "d"}
+    del catalogue["b"]
+    catalogue.pop("c")
+    catalogue.setdefault("e", ItemMeta(stock=0))
+    assert catalogue.out_of_stock == {"d", "e"}
+    catalogue |= {"d": ItemMeta(stock=2)}
+    assert catalogue.out_of_stock == {"e"} == {k for k, m in catalogue.items() if not m.in_stock}
+    catalogue.clear()
+    assert catalogue.out_of_stock == set()

@@ -299,3 +299,12 @@ async def test_out_of_range_epochs_are_refused_per_record(client: httpx.AsyncCli
     body = response.json()
     assert body["accepted"] == 1 and [p["index"] for p in body["errors"]] == [0, 1]
     assert all(p["field"] == "timestamp" for p in body["errors"])
+
+
+def test_exposure_ids_are_distinct_128_bit_hex() -> None:
+    from shelf.serving.app import RandomIds
+
+    source = RandomIds(chunk=64)  # refilled every 4 ids
+    drawn = [source.next() for _ in range(1000)]
+    assert len(set(drawn)) == len(drawn)
+    assert all(len(i) == 32 and int(i, 16) >= 0 for i in drawn)

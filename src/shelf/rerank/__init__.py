@@ -1,7 +1,7 @@
 """Rerankers: pure business rules over a ranked list (stock, purchases, boosts, pins, new
 launches, diversity, exposure fairness), composed by :func:`build_pipeline`."""
 
-from shelf.rerank.catalogue import Catalogue, ItemMeta, Reranker
+from shelf.rerank.catalogue import Catalogue, ItemMeta, Reranker, StockedCatalogue
 from shelf.rerank.fairness import (
     ExposureEffect,
     ExposureFairness,
@@ -55,6 +55,7 @@ __all__ = [
     "RerankConfig",
     "Reranker",
     "ReserveNewLaunches",
+    "StockedCatalogue",
     "build_pipeline",
     "exposure_effect",
     "exposure_shares",

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal, NamedTuple, Protocol
+from typing import Any, Literal, NamedTuple, Protocol
 
 import numpy as np
 
@@ -37,6 +37,61 @@ class ItemMeta:
 
 Catalogue = Mapping[str, ItemMeta]
 NO_META = ItemMeta()
+
+
+class StockedCatalogue(dict[str, ItemMeta]):
+    """A catalogue that also keeps the ids of its out-of-stock items (``out_of_stock``).
+
+    Stock filters then look candidates up in that small set instead of reading every
+    candidate's record from a catalogue of many thousands (one scattered memory access per
+    record, and another for its stock): :class:`~shelf.rerank.rules.Filters` uses it when the
+    catalogue has it, and answers exactly as with any other mapping. Every way of changing the
+    mapping keeps the set in step (each single change is one step for a concurrent reader).
+    """
+
+    def __init__(self, items: Mapping[str, ItemMeta] | Iterable[tuple[str, ItemMeta]] = ()) -> None:
+        super().__init__(items)
+        self.out_of_stock: set[str] = {item for item, meta in self.items() if not meta.in_stock}
+
+    def _track(self, item: str, meta: ItemMeta) -> None:
+        if meta.in_stock:
+            self.out_of_stock.discard(item)
+        else:
+            self.out_of_stock.add(item)
+
+    def __setitem__(self, item: str, meta: ItemMeta) -> None:
+        super().__setitem__(item, meta)
+        self._track(item, meta)
+
+    def __delitem__(self, item: str) -> None:
+        super().__delitem__(item)
+        self.out_of_stock.discard(item)
+
+    def update(self, *args: Any, **kwargs: ItemMeta) -> None:
+        for item, meta in dict(*args, **kwargs).items():
+            self[item] = meta
+
+    def setdefault(self, item: str, default: ItemMeta = NO_META) -> ItemMeta:  # type: ignore[override]
+        if item not in self:
+            self[item] = default
+        return self[item]
+
+    def pop(self, item: str, *default: Any) -> Any:  # type: ignore[override]
+        self.out_of_stock.discard(item)
+        return super().pop(item, *default)
+
+    def popitem(self) -> tuple[str, ItemMeta]:
+        item, meta = super().popitem()
+        self.out_of_stock.discard(item)
+        return item, meta
+
+    def clear(self) -> None:
+        super().clear()
+        self.out_of_stock.clear()
+
+    def __ior__(self, other: Any) -> StockedCatalogue:  # type: ignore[override,misc]
+        self.update(other)
+        return self
 
 
 class Reranker(Protocol):

@@ -94,6 +94,8 @@ class Pipeline:
     def __call__(self, query: Query, items: Scored, n: int) -> Scored:
         if n < 0:
             raise ValueError(f"n must be non-negative, got {n}")
+        if len(self.steps) == 1 and isinstance(self.steps[0], Filters):
+            return self.steps[0].head(query, items, n)  # filters alone: stop at n that pass
         for step in self.steps:
             items = step(query, items, n)
         return items.head(n)

@@ -117,6 +117,12 @@ class Filters:
         keep_unknown = self.unknown == "keep"
         if len(set(ids)) != len(ids):  # duplicates: the general loop
             return select(items, self._general(ids, exclude, bought, keep_unknown))
+        out_of_stock = getattr(self.catalogue, "out_of_stock", None)
+        if out_of_stock is not None and keep_unknown:
+            # A StockedCatalogue: "in stock or unknown" is "not among the few out-of-stock ids".
+            if out_of_stock.isdisjoint(ids) and _disjoint(exclude, ids) and _disjoint(bought, ids):
+                return items
+            return select(items, [i for i, item in enumerate(ids) if item not in out_of_stock and item not in exclude and item not in bought])
         # No duplicates (the usual case): the catalogue lookups run in C, one per candidate.
         if self.catalogue is None:
             if not exclude and not bought:
@@ -133,6 +139,30 @@ class Filters:
             ]
         return select(items, keep)
 
+    def head(self, query: Query, items: Scored, n: int) -> Scored:
+        """``self(query, items, n).head(n)``, looking at no more candidates than it takes to find
+        ``n`` that pass (what a pipeline of these filters alone needs)."""
+        out_of_stock = getattr(self.catalogue, "out_of_stock", None)
+        if out_of_stock is None or self.unknown != "keep":
+            return self(query, items, n).head(n)
+        exclude = query.exclude
+        bought: Collection[str] = ()
+        if self.purchased is not None and query.user_id is not None:
+            bought = self.purchased(query.user_id)
+        ids = item_ids(items)
+        if out_of_stock.isdisjoint(ids) and _disjoint(exclude, ids) and _disjoint(bought, ids) and len(set(ids)) == len(ids):
+            return items.head(n)
+        seen: set[str] = set()
+        keep: list[int] = []
+        for i, item in enumerate(ids):
+            if len(keep) >= n:
+                break
+            if item in seen or item in out_of_stock or item in exclude or item in bought:
+                continue
+            seen.add(item)
+            keep.append(i)
+        return select(items, keep)
+
     def _general(self, ids: list[str], exclude: Collection[str], bought: Collection[str], keep_unknown: bool) -> list[int]:
         lookup = self.catalogue.get if self.catalogue is not None else None
         seen: set[str] = set()
@@ -147,6 +177,14 @@ class Filters:
                     continue
             keep.append(i)
         return keep
+
+
+def _disjoint(blocked: Collection[str], ids: list[str]) -> bool:
+    if not blocked:
+        return True
+    if isinstance(blocked, (set, frozenset)):
+        return blocked.isdisjoint(ids)
+    return not any(item in blocked for item in ids)
 
 
 @dataclass(frozen=True)

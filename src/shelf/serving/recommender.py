@@ -24,6 +24,7 @@ it verifies every hash (``shelf.registry.loader.load_bundle``) before loading.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import OrderedDict
@@ -35,6 +36,8 @@ import numpy as np
 from shelf.models.base import Query, Scored
 from shelf.registry.bundles import Registry
 from shelf.serving.online import OnlinePopularity, OnlineState, merge_stages
+
+log = logging.getLogger(__name__)
 
 # Sources that answer "items like this one", best first (a blend's source names or a model's name).
 ITEM_TO_ITEM = ("cooccurrence", "content")
@@ -78,6 +81,15 @@ class BundleRecommender:
             self.item_sources = [(getattr(model, "name", "model"), model)]
         self._context_cache: OrderedDict[tuple[Any, ...], tuple[float, Scored]] = OrderedDict()
         self._cache_lock = threading.Lock()
+        # Work that depends only on the bundle, done before it serves (popularity ranks its
+        # segments' vectors once: otherwise each segment's first request pays milliseconds).
+        for source in {id(s): s for s in (model, *sources.values())}.values():
+            warm = getattr(source, "warm", None)
+            if callable(warm):
+                try:
+                    warm()
+                except Exception:  # only a head start: serving works without it
+                    log.warning("warming %s failed", type(source).__name__, exc_info=True)
 
     # -- recommend -------------------------------------------------------------------------
 

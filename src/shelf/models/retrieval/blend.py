@@ -39,7 +39,7 @@ from shelf.models.io import (
     save_bundle,
 )
 from shelf.models.retrieval._base import check_positive, top_indices, top_indices_rows
-from shelf.models.retrieval.scores import DenseScores, QueryScores
+from shelf.models.retrieval.scores import DenseScores, QueryScores, unique_inverse
 
 Stage = Literal["user", "session", "context"]
 
@@ -191,19 +191,32 @@ class BlendRetriever:
     @property
     def active_sources(self) -> dict[str, Any]:
         self._check_fitted()
-        # Asked several times per request: built once per fit/load (keyed on the skip list it read).
-        skipped, active = self.__dict__.get("_active", (None, None))
+        return dict(self._active())
+
+    def _active(self) -> dict[str, Any]:
+        """The active sources (shared, not to be changed): asked several times per request, so
+        built once per fit/load (keyed on the skip list it read)."""
+        skipped, active = self.__dict__.get("_active_sources", (None, None))
         if skipped is not self.skipped_sources_ or active is None:
             active = {k: v for k, v in self.sources.items() if k not in self.skipped_sources_}
-            self.__dict__["_active"] = (self.skipped_sources_, active)
-        return dict(active)
+            self.__dict__["_active_sources"] = (self.skipped_sources_, active)
+        return active  # type: ignore[no-any-return]
+
+    def _source_names(self) -> np.ndarray:
+        """The active sources' names, then "catalogue" (the label of catalogue-order filler)."""
+        active = self._active()
+        owner, names = self.__dict__.get("_names", (None, None))
+        if owner is not active or names is None:
+            names = np.array([*active, "catalogue"], dtype=object)
+            self.__dict__["_names"] = (active, names)
+        return names  # type: ignore[no-any-return]
 
     # -- routing --------------------------------------------------------------------------------
 
     def stage(self, query: Query) -> Stage:
         """Which link of the cold-start chain serves ``query``."""
         self._check_fitted()
-        sources = self.active_sources.values()
+        sources = self._active().values()
         if query.user_id is not None and any(s.user_index(query.user_id) >= 0 for s in sources):
             return "user"
         if any(len(s.item_indices(query.session_items)) for s in sources):
@@ -212,7 +225,7 @@ class BlendRetriever:
 
     def weights_for(self, stage: Stage) -> dict[str, float]:
         """Effective weight of each active source at a stage (context: the fallback only)."""
-        active = self.active_sources
+        active = self._active()
         if stage == "context":
             return {name: 1.0 for name in active if name == self.config.fallback}
         table = self.weights_ if stage == "user" else (self.session_weights_ or self.weights_)
@@ -226,6 +239,7 @@ class BlendRetriever:
                 return weight * self._reciprocal_ranks(len(ranked))
             ranks = np.arange(1, ranked.shape[-1] + 1, dtype=np.float64)
             return np.broadcast_to(weight / (self.config.rrf_k + ranks), ranked.shape).copy()
+        values = np.asarray(values, dtype=np.float64)
         lo = values.min(axis=-1, keepdims=True)
         hi = values.max(axis=-1, keepdims=True)
         span = np.where(hi > lo, hi - lo, 1.0)
@@ -272,16 +286,16 @@ class BlendRetriever:
             banned = np.unique(found[found >= 0])
         fallback = self.config.fallback
         cps = self.config.candidates_per_source
-        names = list(self.active_sources)
+        active = self._active()
         per: dict[str, QueryScores] = {}
         idx_parts: list[np.ndarray] = []
         contrib_parts: list[np.ndarray] = []
-        src_parts: list[np.ndarray] = []
-        for s, name in enumerate(names):
+        voters: list[int] = []
+        for s, (name, source) in enumerate(active.items()):
             votes = weights.get(name, 0.0) > 0 and stage != "context"
             if not (votes or source_scores or name == fallback):
                 continue
-            scores = _query_scores(self.active_sources[name], query)
+            scores = _query_scores(source, query)
             per[name] = scores
             if not votes:
                 continue
@@ -292,14 +306,15 @@ class BlendRetriever:
             if not len(top):
                 continue
             idx_parts.append(top)
-            contrib_parts.append(self._contributions(top, values.astype(np.float64), weights[name]))
-            src_parts.append(np.full(len(top), s, dtype=np.int64))
+            contrib_parts.append(self._contributions(top, values, weights[name]))
+            voters.append(s)
         seen = self._seen_items(query.user_id) if stage == "user" else np.empty(0, dtype=np.int64)
-        names_arr = np.array(names + ["catalogue"], dtype=object)
-        chosen, scores_out, sources_out = self._fuse(idx_parts, contrib_parts, src_parts, len(names), seen, n)
-        sources_out = names_arr[sources_out]
+        src_parts = [np.repeat(np.array(voters, dtype=np.int64), [len(p) for p in idx_parts])] if voters else []
+        chosen, scores_out, sources_out = self._fuse(idx_parts, contrib_parts, src_parts, len(active), seen, n)
+        sources_out = self._source_names()[sources_out]
         if len(chosen) < n:
-            extra, fill_values = self._fill(per.get(fallback) if fallback else None, n - len(chosen), np.union1d(banned, chosen), seen)
+            taken = np.union1d(banned, chosen) if len(banned) and len(chosen) else (banned if len(banned) else chosen)
+            extra, fill_values = self._fill(per.get(fallback) if fallback else None, n - len(chosen), taken, seen)
             if fallback is not None and fallback in per:
                 extra_src = np.where(np.isfinite(per[fallback].at(extra)), fallback, "catalogue").astype(object)
             else:
@@ -312,7 +327,7 @@ class BlendRetriever:
             chosen = np.concatenate([chosen, extra])
             scores_out = np.concatenate([scores_out, extra_scores])
             sources_out = np.concatenate([sources_out, extra_src])
-        scored = Scored(self.item_ids_[chosen], scores_out.astype(np.float32), sources_out.astype(object))
+        scored = Scored(self.item_ids_[chosen], scores_out.astype(np.float32), sources_out)
         per_source: dict[str, np.ndarray] = {}
         if source_scores:
             for name, scores in per.items():
@@ -328,19 +343,19 @@ class BlendRetriever:
         the source that contributed most (first source on ties). Seen items never win here."""
         if not idx_parts:
             return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float64), np.empty(0, dtype=np.int64)
-        items, inverse = np.unique(np.concatenate(idx_parts), return_inverse=True)
+        items, inverse = unique_inverse(np.concatenate(idx_parts))
         # sources × candidates: summed down the source axis in source order, as a dense
         # accumulator would (identical floats, identical ties); argmax keeps the first source.
         table = np.zeros((n_sources, len(items)), dtype=np.float64)
         table[np.concatenate(src_parts), inverse] = np.concatenate(contrib_parts)
-        fused = table.sum(axis=0)
-        best = table.argmax(axis=0)
+        fused = np.add.reduce(table, axis=0)  # table.sum(axis=0), without the method's wrapper
         keep = fused > 0
         if len(seen):
             keep &= ~np.isin(items, seen)  # already-seen items only come back as the very last filler
-        items, fused, best = items[keep], fused[keep], best[keep]
+        if not np.logical_and.reduce(keep):
+            items, fused, table = items[keep], fused[keep], table[:, keep]
         pos = top_indices(fused, n)  # items ascend, so lower position = lower index on ties
-        return items[pos], fused[pos], best[pos]
+        return items[pos], fused[pos], table[:, pos].argmax(axis=0)
 
     def _fill(self, fallback: QueryScores | None, need: int, banned: np.ndarray, seen: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``need`` filler items in fill order (fallback's score, then catalogue order; seen items
@@ -348,7 +363,8 @@ class BlendRetriever:
         if fallback is not None:
             # Sparse path: the fallback's own top list, long enough to survive the bans.
             top, _ = fallback.top(need + len(banned) + len(seen))
-            top = top[~np.isin(top, banned)]
+            if len(banned):
+                top = top[~np.isin(top, banned)]
             if len(seen):
                 top = top[~np.isin(top, seen)]
             if len(top) >= need:

@@ -210,7 +210,7 @@ class CoOccurrenceRetriever(RetrieverBase):
         history = self.recent_items_[self.recent_indptr_[u] : self.recent_indptr_[u + 1]] if u >= 0 else np.empty(0, dtype=np.int32)
         seq = np.concatenate([history, self._session_indices(query)]).astype(np.int64)[-self.config.query_items :]
         idx, values = weighted_rows(self.similarity_, seq, positional_weights(len(seq), self.config.query_half_life))
-        return SparseScores.from_positive(idx, values, len(self.item_ids_))
+        return SparseScores.from_positive(idx, values, len(self.item_ids_), ascending=True)
 
     def _score_users(self, users: np.ndarray) -> np.ndarray:
         scores = (self._query_matrix(users) @ self.similarity_).toarray()

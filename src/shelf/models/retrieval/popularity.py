@@ -19,12 +19,13 @@ import threading
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
 
-from shelf.models.base import DEFAULT_EVENT_WEIGHTS, Interactions, Query
+from shelf.models.base import DEFAULT_EVENT_WEIGHTS, Context, Interactions, Query
 from shelf.models.io import ModelError, pack_csr, unpack_csr
 from shelf.models.retrieval._base import (
     RetrieverBase,
@@ -155,8 +156,8 @@ class PopularityRetriever(RetrieverBase):
         for segment in self.segment_values_:
             if segment == "time_of_day":
                 if ctx.timestamp is not None:
-                    hour = ctx.timestamp.astimezone(_utc()).hour if ctx.timestamp.tzinfo else ctx.timestamp.hour
-                    wanted[segment] = str(int(_band(hour, self.config.time_of_day_bands)))
+                    hour = ctx.timestamp.astimezone(UTC).hour if ctx.timestamp.tzinfo else ctx.timestamp.hour
+                    wanted[segment] = str(hour * self.config.time_of_day_bands // 24)  # _band, on one int
                 continue
             value = getattr(ctx, segment, None)
             if value is None and u >= 0 and segment in self.user_segments_:
@@ -166,10 +167,21 @@ class PopularityRetriever(RetrieverBase):
         for segment, value in wanted.items():
             if value is None:
                 continue
-            hits = np.flatnonzero(self.segment_values_[segment] == value)
-            if len(hits):
-                codes[segment] = int(hits[0])
+            code = self._code_index(segment).get(value)
+            if code is not None:
+                codes[segment] = code
         return codes
+
+    def _code_index(self, segment: str) -> dict[Any, int]:
+        """Segment value → its row (the first one holding it), built once per fit or load."""
+        values = self.segment_values_[segment]
+        owner, index = self.__dict__.get("_code_indices", {}).get(segment, (None, None))
+        if owner is not values or index is None:
+            index = {}
+            for code, value in enumerate(values.tolist()):
+                index.setdefault(value, code)
+            self.__dict__.setdefault("_code_indices", {})[segment] = (values, index)
+        return index
 
     def _scores_for(self, codes: Mapping[str, int]) -> np.ndarray:
         base = self._distribution()
@@ -188,7 +200,12 @@ class PopularityRetriever(RetrieverBase):
     def _query_scores(self, query: Query) -> RankedScores:
         # Requests share a handful of segments: rank each segment's vector once, then a request's
         # top-n is a slice. Bounded by bytes; keyed on the fitted vector so a refit starts over.
-        key = tuple(sorted(self._segment_codes(query).items()))
+        return self._ranked(tuple(sorted(self._segment_codes(query).items())))
+
+    def _ranked_entries(self) -> int:
+        return max(4, RANKED_CACHE_BYTES // max(4 * len(self.global_), 1))
+
+    def _ranked(self, key: tuple[tuple[str, int], ...]) -> RankedScores:
         owner, cache = self.__dict__.get("_ranked_cache", (None, None))
         if owner is not self.global_ or cache is None:
             cache = OrderedDict()
@@ -196,12 +213,40 @@ class PopularityRetriever(RetrieverBase):
         found = cache.get(key)
         if found is None:
             found = RankedScores(self._scores_for(dict(key)))
-            entries = max(4, RANKED_CACHE_BYTES // max(4 * len(self.global_), 1))
+            entries = self._ranked_entries()
             with _RANKED_LOCK:  # serving threads share the cache
                 cache[key] = found
                 while len(cache) > entries:
                     cache.popitem(last=False)
         return found
+
+    def warm(self, now: datetime | None = None) -> int:
+        """Rank ahead of traffic the segments requests at ``now`` will ask for: each training
+        shopper's (region, age band), and each region a request may name, in the current
+        time-of-day band. Serving calls it when it loads a bundle, so the first requests of
+        each segment do not pay for ranking a catalogue-sized vector (milliseconds each, in the
+        latency tail). Bounded to half the ranked cache; returns how many were ranked."""
+        self._check_fitted()
+        when = Query(context=Context(timestamp=now or datetime.now(UTC)))
+        base = self._segment_codes(when)  # the time-of-day band, when segmented by it
+        combos: set[tuple[tuple[str, int], ...]] = {tuple(sorted(base.items()))}
+        columns = [c for c in ("region", "age_band") if c in self.segment_values_ and c in self.user_segments_]
+        if columns:
+            for values in set(zip(*(self.user_segments_[c].tolist() for c in columns), strict=True)):
+                codes = dict(base)
+                for column, value in zip(columns, values, strict=True):
+                    code = self._code_index(column).get(value) if value else None
+                    if code is not None:
+                        codes[column] = code
+                combos.add(tuple(sorted(codes.items())))
+        if "region" in self.segment_values_:
+            for code in self._code_index("region").values():
+                combos.add(tuple(sorted({**base, "region": code}.items())))
+        ranked = 0
+        for key in sorted(combos)[: self._ranked_entries() // 2]:
+            self._ranked(key)
+            ranked += 1
+        return ranked
 
     def _score_users(self, users: np.ndarray) -> np.ndarray:
         out = np.empty((len(users), len(self.item_ids_)), dtype=np.float32)
@@ -241,9 +286,3 @@ class PopularityRetriever(RetrieverBase):
         self.segment_values_ = {s: arrays[f"segment.{s}.values"] for s in meta["segments"]}
         self.segment_counts_ = {s: unpack_csr(arrays, f"segment.{s}.counts") for s in meta["segments"]}
         self.user_segments_ = {c: arrays[f"user.{c}"] for c in meta["user_columns"]}
-
-
-def _utc() -> Any:
-    from datetime import UTC
-
-    return UTC

@@ -76,16 +76,21 @@ class RepeatRetriever(RetrieverBase):
     def _query_scores(self, query: Query) -> SparseScores:
         # O(history + session), not O(catalogue): only the shopper's own items get a score.
         session = self._session_indices(query)
+        u = self.user_index(query.user_id)
+        history = self.history_
+        if not len(session) and u >= 0 and history.has_canonical_format:
+            # History alone: its row is already ascending and summed (one entry per item).
+            start, end = history.indptr[u], history.indptr[u + 1]
+            return SparseScores.from_positive(history.indices[start:end], history.data[start:end], len(self.item_ids_), ascending=True)
         idx = [session]
         weights = [self.config.session_weight * positional_weights(len(session), self.config.session_half_life)]
-        u = self.user_index(query.user_id)
         if u >= 0:
-            start, end = self.history_.indptr[u], self.history_.indptr[u + 1]
-            idx.append(self.history_.indices[start:end])
-            weights.append(self.history_.data[start:end])
+            start, end = history.indptr[u], history.indptr[u + 1]
+            idx.append(history.indices[start:end])
+            weights.append(history.data[start:end])
         items, inverse = np.unique(np.concatenate(idx).astype(np.int64), return_inverse=True)
         totals = np.bincount(inverse, weights=np.concatenate(weights).astype(np.float64), minlength=len(items))
-        return SparseScores.from_positive(items, totals, len(self.item_ids_))
+        return SparseScores.from_positive(items, totals, len(self.item_ids_), ascending=True)
 
     def _score_users(self, users: np.ndarray) -> np.ndarray:
         dense = self.history_[users].toarray()

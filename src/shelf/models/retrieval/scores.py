@@ -30,28 +30,53 @@ from typing import Any
 import numpy as np
 
 NEG_INF = np.float32(-np.inf)
+DENSE_COLUMNS = 4096  # weighted_rows bins by column directly below this many columns
 DENSE_SHARE = 0.25  # LinearScores scores everything once pruning would visit this share of items
 
 
-def top_of(scores: np.ndarray, n: int) -> np.ndarray:
-    """Positions of the ``n`` best finite values, best first; ties broken by lower position."""
+def top_of(scores: np.ndarray, n: int, *, finite: bool = False) -> np.ndarray:
+    """Positions of the ``n`` best finite values, best first; ties broken by lower position.
+
+    ``finite=True``: the caller guarantees every value is finite (a short list is then one
+    stable sort, the same order).
+    """
+    # Array methods rather than the np.* wrappers throughout: this runs several times per request.
     if n <= 0:
         return np.empty(0, dtype=np.int64)
-    if len(scores) > n:
+    scores = np.asarray(scores)
+    size = len(scores)
+    if finite and size <= n:
+        return (-scores).argsort(kind="stable")
+    if size > n:
         # -inf sorts lowest, so partitioning the raw vector finds the n-th largest value without
         # first copying out the finite entries (a dense catalogue-sized vector per request).
-        kth = np.partition(scores, len(scores) - n)[len(scores) - n]
+        part = scores.copy()
+        part.partition(size - n)
+        kth = part[size - n]
         chosen = np.empty(0, dtype=np.int64)
-        if np.isfinite(kth):
-            above = np.flatnonzero(scores > kth)
-            tied = np.flatnonzero(scores == kth)[: n - len(above)]
+        if finite or np.isfinite(kth):
+            above = (scores > kth).nonzero()[0]
+            tied = (scores == kth).nonzero()[0][: n - len(above)]
             chosen = np.concatenate([above, tied])
         if len(chosen) < n:  # -inf or NaN among the n largest: take every finite value instead
-            chosen = np.flatnonzero(np.isfinite(scores))
+            chosen = np.isfinite(scores).nonzero()[0]
     else:
-        chosen = np.flatnonzero(np.isfinite(scores))
+        chosen = np.isfinite(scores).nonzero()[0]
     order = np.lexsort((chosen, -scores[chosen]))
     return chosen[order][:n]
+
+
+def unique_inverse(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.unique(values, return_inverse=True)`` for a 1-D integer array, without its generic
+    handling (same sort, same results): it runs on every request."""
+    perm = values.argsort(kind="stable")  # faster than the default here; the result does not depend on it
+    ordered = values[perm]
+    first = np.empty(len(ordered), dtype=bool)
+    first[:1] = True
+    np.not_equal(ordered[1:], ordered[:-1], out=first[1:])
+    inverse = np.empty(len(ordered), dtype=np.intp)
+    inverse[perm] = first.cumsum() - 1
+    return ordered[first], inverse
 
 
 def weighted_rows(matrix: Any, rows: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -64,16 +89,23 @@ def weighted_rows(matrix: Any, rows: np.ndarray, weights: np.ndarray) -> tuple[n
     """
     ptr, indices, data = matrix.indptr, matrix.indices, matrix.data
     rows = np.asarray(rows, dtype=np.int64)
-    starts, ends = ptr[rows], ptr[rows + 1]
-    lengths = ends - starts
-    total = int(lengths.sum())
+    starts = ptr[rows]
+    lengths = ptr[rows + 1] - starts
+    ends = lengths.cumsum()
+    total = int(ends[-1]) if len(ends) else 0
     if total == 0:
         return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float64)
     # Position of every entry of the chosen rows, row after row: start of its row + its rank in it.
-    first = np.cumsum(lengths) - lengths
-    positions = np.arange(total, dtype=np.int64) + np.repeat(starts - first, lengths)
-    scaled = data[positions] * np.repeat(np.asarray(weights, dtype=np.float64).astype(data.dtype), lengths)
-    idx, inverse = np.unique(indices[positions], return_inverse=True)
+    positions = np.arange(total, dtype=np.int64) + (starts - (ends - lengths)).repeat(lengths)
+    scaled = data[positions] * np.asarray(weights, dtype=np.float64).astype(data.dtype).repeat(lengths)
+    columns = indices[positions]
+    width = int(matrix.shape[1])
+    if width <= max(4 * total, DENSE_COLUMNS):
+        # Few columns (content's feature space): dense bins instead of sorting the entries. Each
+        # bin sums its entries in input order, as the sparse path does: identical floats.
+        present = np.bincount(columns, minlength=width).nonzero()[0]
+        return present.astype(np.int64), np.bincount(columns, weights=scaled, minlength=width)[present]
+    idx, inverse = unique_inverse(columns)
     return idx.astype(np.int64), np.bincount(inverse, weights=scaled, minlength=len(idx))
 
 
@@ -126,17 +158,29 @@ class SparseScores:
         self.idx, self.values, self.size = idx, values, size
 
     @classmethod
-    def from_positive(cls, idx: np.ndarray, values: np.ndarray, size: int) -> SparseScores:
-        """Keep the strictly positive entries (the ``scores > 0 else -inf`` rule of most sources)."""
+    def from_positive(cls, idx: np.ndarray, values: np.ndarray, size: int, *, ascending: bool = False) -> SparseScores:
+        """Keep the strictly positive entries (the ``scores > 0 else -inf`` rule of most sources).
+
+        ``ascending=True``: the caller guarantees ``idx`` ascends without repeats (what
+        ``weighted_rows`` and ``np.unique`` return), so only finiteness is checked.
+        """
         values = np.asarray(values, dtype=np.float32)
         keep = values > 0
-        return cls(np.asarray(idx)[keep], values[keep], size)
+        if not ascending:
+            return cls(np.asarray(idx)[keep], values[keep], size)
+        idx, values = np.asarray(idx, dtype=np.int64)[keep], values[keep]
+        if not np.isfinite(values).all():
+            keep = np.isfinite(values)
+            idx, values = idx[keep], values[keep]
+        out = cls.__new__(cls)
+        out.idx, out.values, out.size = idx, values, size
+        return out
 
     def __len__(self) -> int:
         return self.size
 
     def top(self, n: int) -> tuple[np.ndarray, np.ndarray]:
-        pos = top_of(self.values, n)  # idx is ascending, so lower position = lower index
+        pos = top_of(self.values, n, finite=True)  # idx is ascending, so lower position = lower index
         return self.idx[pos], self.values[pos]
 
     def at(self, idx: np.ndarray) -> np.ndarray:
@@ -212,7 +256,7 @@ class ItemClusters:
     can differ from ``dense()``'s in its last bit.
     """
 
-    __slots__ = ("candidate_factor", "centroids", "data", "indices", "items", "min_candidates", "nnz_starts", "row_starts", "sizes", "starts")
+    __slots__ = ("candidate_factor", "centroids", "data", "indices", "items", "min_candidates", "nnz_starts", "parts", "row_starts", "sizes", "starts")
 
     def __init__(self, matrix: Any, cluster_of: np.ndarray, centroids: np.ndarray, candidate_factor: int = 10, min_candidates: int = 1000) -> None:
         self.candidate_factor, self.min_candidates = candidate_factor, min_candidates
@@ -229,27 +273,28 @@ class ItemClusters:
         self.indices = np.asarray(rows.indices, dtype=np.int32)
         self.row_starts = np.asarray(rows.indptr, dtype=np.int64)
         self.nnz_starts = self.row_starts[self.starts]
+        lengths = np.diff(self.row_starts)
+        # Per cluster: views of its entries' values and features, its items and their row lengths.
+        self.parts = [
+            (self.data[a:b], self.indices[a:b], self.items[r:q], lengths[r:q])
+            for a, b, r, q in zip(self.nnz_starts[:-1].tolist(), self.nnz_starts[1:].tolist(), self.starts[:-1].tolist(), self.starts[1:].tolist(), strict=True)
+        ]
 
     def top(self, profile: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
         """The best ``n`` positive scores among the items of the clusters closest to ``profile``."""
         if n <= 0 or not len(self.items):
             return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32)
-        closeness = self.centroids @ profile
-        order = np.argsort(-closeness, kind="stable")
+        order = (-(self.centroids @ profile)).argsort(kind="stable")  # closest clusters first
         budget = max(self.candidate_factor * n, self.min_candidates)
-        reach = int(np.searchsorted(np.cumsum(self.sizes[order]), budget)) + 1
-        chosen = order[:reach].tolist()
-        starts, nnz_starts, row_starts = self.starts, self.nnz_starts, self.row_starts
-        data = np.concatenate([self.data[nnz_starts[c] : nnz_starts[c + 1]] for c in chosen])
-        features = np.concatenate([self.indices[nnz_starts[c] : nnz_starts[c + 1]] for c in chosen])
-        # Each chosen row's first entry within the gathered arrays (clusters hold no empty rows).
-        shift, offsets, rows = 0, [], []
-        for c in chosen:
-            offsets.append(row_starts[starts[c] : starts[c + 1]] + (shift - nnz_starts[c]))
-            rows.append(self.items[starts[c] : starts[c + 1]])
-            shift += int(nnz_starts[c + 1] - nnz_starts[c])
-        values = np.add.reduceat(data * profile[features], np.concatenate(offsets)).astype(np.float32)
-        items = np.concatenate(rows)
+        reach = int(self.sizes[order].cumsum().searchsorted(budget)) + 1
+        # The chosen clusters' rows and entries are contiguous slices (prepared in ``parts``):
+        # concatenating a few slices is cheaper than gathering their positions.
+        parts = self.parts
+        data, features, items, lengths = zip(*[parts[c] for c in order[:reach].tolist()], strict=True)
+        lengths = np.concatenate(lengths)
+        offsets = lengths.cumsum() - lengths  # each row's first entry within the gathered arrays
+        values = np.add.reduceat(np.concatenate(data) * profile.take(np.concatenate(features)), offsets).astype(np.float32)
+        items = np.concatenate(items)
         positive = values > 0
         if not positive.all():
             items, values = items[positive], values[positive]
@@ -259,11 +304,13 @@ class ItemClusters:
 def _top_by_item(items: np.ndarray, values: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     """The ``n`` best (item, value) pairs, best first, ties to the lower item index."""
     if len(values) > n:
-        kth = np.partition(values, len(values) - n)[len(values) - n]
-        above = np.flatnonzero(values > kth)
-        tied = np.flatnonzero(values == kth)
+        part = values.copy()
+        part.partition(len(values) - n)
+        kth = part[len(values) - n]
+        above = (values > kth).nonzero()[0]
+        tied = (values == kth).nonzero()[0]
         if len(above) + len(tied) > n:
-            tied = tied[np.argsort(items[tied], kind="stable")[: n - len(above)]]
+            tied = tied[items[tied].argsort(kind="stable")[: n - len(above)]]
         chosen = np.concatenate([above, tied])
         items, values = items[chosen], values[chosen]
     order = np.lexsort((items, -values))[:n]
@@ -325,13 +372,15 @@ class LinearScores:
     def top(self, n: int) -> tuple[np.ndarray, np.ndarray]:
         if n <= 0 or not len(self.features):
             return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32)
-        bound = self.weights.astype(np.float64) * self.column_max[self.features]
-        order = np.argsort(-bound, kind="stable")  # most promising feature first
-        lengths = np.diff(self.by_feature.indptr)[self.features[order]]
-        if lengths.sum() >= len(self):
+        ptr = self.by_feature.indptr
+        lengths = ptr[self.features + 1] - ptr[self.features]  # posting list lengths
+        if int(lengths.sum()) >= len(self):
             # The profile's features cover the catalogue over (a small vocabulary of broad
             # features): pruning would gather most rows anyway; one pass over the matrix is cheaper.
             return self._broad(n)
+        bound = self.weights.astype(np.float64) * self.column_max[self.features]
+        order = np.argsort(-bound, kind="stable")  # most promising feature first
+        lengths = lengths[order]
         # Round one: the most promising features until they reach n items (or all features).
         expanded = int(np.searchsorted(np.cumsum(lengths), n)) + 1
         while True:

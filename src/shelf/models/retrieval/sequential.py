@@ -137,7 +137,7 @@ class SequentialRulesRetriever(RetrieverBase):
         sequence = np.concatenate([history, self._session_indices(query)])
         seq = np.asarray(sequence, dtype=np.int64)[-self.config.query_items :]
         idx, values = weighted_rows(self.rules_, seq, positional_weights(len(seq), self.config.query_half_life))
-        return SparseScores.from_positive(idx, values, len(self.item_ids_))
+        return SparseScores.from_positive(idx, values, len(self.item_ids_), ascending=True)
 
     def _score_users(self, users: np.ndarray) -> np.ndarray:
         return self._scores([self._user_sequence(int(u)) for u in users])
