@@ -450,10 +450,12 @@ Open-loop latency is measured from each request's scheduled send time (no coordi
 known users, sessions and anonymous visitors in equal thirds; in-process figures ask for 40 candidates (k=10 times
 `candidates_per_slot`) and exclude HTTP and reranking. Each source answers with its own candidate list
 (`shelf.models.retrieval.scores`): repeat, co-occurrence and popularity cost O(candidates) per request. Content
-is the exception on this shop: the simulator's catalogue has a small vocabulary of broad features (267 features over
-{args.items:,} items: a price band, two category levels, a brand, title words shared by thousands of items), so a
-shopper's profile touches most of the catalogue, max-score pruning cannot skip anything, and content falls back to
-one pass over the item matrix (linear in the catalogue; compare the 100k and 1M rows). The "without content" rows
+is the costly one on this shop: the simulator's catalogue has a small vocabulary of broad features (267 features
+over {args.items:,} items: a price band, two category levels, a brand, title words shared by thousands of items), so
+a shopper's profile touches most of the catalogue and max-score pruning cannot skip anything; on catalogues of
+50,000 items or more content then takes its top-n from the item clusters closest to the profile (an inverted-file
+approximation, `ItemClusters`; exact below that size and in evaluation), so its cost no longer grows with the
+catalogue (compare the 100k and 1M rows). The "without content" rows
 serve the same blend without that source (a second bundle, promoted for those runs) to show what it costs.
 When the open-loop rate is above shelf's capacity (closed-loop figure), its open-loop latency includes queueing, as it should.
 In-process p99 includes each popularity segment's first request (its vector is ranked once, then cached), which
