@@ -33,7 +33,8 @@ from bench.common import SHARED_DATA, PeakMemory, median, write_section
 from shelf.errors import ShelfError
 
 PEERS = ["popularity", "trending", "recent+popular", "als", "bpr"]
-SHELF = ["shelf-trending", "shelf-repeat", "shelf-cooccurrence", "shelf-als", "shelf-ease", "shelf-content", "shelf-sasrec", "shelf-blend"]
+SHELF = ["shelf-trending", "shelf-repeat", "shelf-cooccurrence", "shelf-als", "shelf-ease", "shelf-neighbours", "shelf-content", "shelf-sasrec",
+         "shelf-blend"]
 METRICS = ["ndcg", "recall", "hitrate", "mrr", "coverage"]
 
 

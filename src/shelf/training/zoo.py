@@ -23,6 +23,7 @@ def _shelf_models(seed: int) -> dict[str, ModelFactory]:
         ContentRetriever,
         CoOccurrenceRetriever,
         EASERetriever,
+        NeighboursRetriever,
         PopularityConfig,
         PopularityRetriever,
         RepeatRetriever,
@@ -39,6 +40,7 @@ def _shelf_models(seed: int) -> dict[str, ModelFactory]:
         "shelf-cooccurrence": CoOccurrenceRetriever,
         "shelf-als": lambda: ALSRetriever(ALSConfig(seed=seed)),
         "shelf-ease": EASERetriever,
+        "shelf-neighbours": NeighboursRetriever,
         "shelf-content": ContentRetriever,
         "shelf-sasrec": lambda: SASRec(SASRecConfig(seed=seed)),
     }
