@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 from typing import Any
 
@@ -308,3 +309,20 @@ def test_exposure_ids_are_distinct_128_bit_hex() -> None:
     drawn = [source.next() for _ in range(1000)]
     assert len(set(drawn)) == len(drawn)
     assert all(len(i) == 32 and int(i, 16) >= 0 for i in drawn)
+
+
+def test_a_forked_child_never_reuses_its_parents_buffered_random_bytes() -> None:
+    from shelf.serving.app import RandomIds
+
+    source = RandomIds()
+    source.next()  # the buffer now holds bytes the parent will hand out next
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report its next id and leave at once
+        os.write(write, source.next().encode())
+        os._exit(0)
+    os.close(write)
+    child = os.read(read, 64).decode()
+    os.close(read)
+    os.waitpid(pid, 0)
+    assert len(child) == 32 and child != source.next()

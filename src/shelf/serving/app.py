@@ -111,18 +111,22 @@ ROLE_KEY = "x-shelf-role"  # OpenAPI extension naming the role a route requires
 class RandomIds:
     """128-bit random ids as 32 hex digits, from the kernel's random source read 4 KiB at a
     time: one system call per id (``os.urandom(16)``) cost more than the rest of a cached answer.
-    Thread-safe; a forked child starts on fresh bytes, never on its parent's."""
+    Thread-safe; a forked child notices its new pid and starts on fresh bytes, never on its
+    parent's (no fork hook registered at import time)."""
 
     def __init__(self, chunk: int = 4096) -> None:
         self._chunk = chunk
         self._reset()
 
     def _reset(self) -> None:
+        self._pid = os.getpid()
         self._lock = threading.Lock()  # (in a forked child, a lock its parent held stays held)
         self._buffer = b""
         self._position = 0
 
     def next(self) -> str:
+        if self._pid != os.getpid():
+            self._reset()
         with self._lock:
             start = self._position
             if start + 16 > len(self._buffer):
@@ -132,7 +136,6 @@ class RandomIds:
 
 
 _random_ids = RandomIds()
-os.register_at_fork(after_in_child=_random_ids._reset)
 
 
 class ApiProblem(Exception):
