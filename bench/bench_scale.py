@@ -83,7 +83,10 @@ def main(argv: list[str]) -> None:
         f"Lake on disk: {disk / 2**20:,.0f} MiB. Model fit alone: {card.get('parameters', {}).get('fit_seconds', '?')} s; "
         f"validation all/ndcg@10 {card.get('metrics', {}).get('all/ndcg@10', '?')}, new/ndcg@10 {card.get('metrics', {}).get('new/ndcg@10', '?')}.\n"
     )
-    write_section("scale", "A 10M-event shop end to end (2 cores, 24 GB)", body, f"make bench BENCH_ARGS='scale {' '.join(argv)}'".strip())
+    # One section per model: the blend's (the retrieval stage) and the shipped default's side by side.
+    name, title = ("scale", "A 10M-event shop end to end (2 cores, 24 GB)") if args.model == "shelf-blend" else (
+        f"scale-{args.model}", f"A 10M-event shop end to end, {args.model} (2 cores, 24 GB)")
+    write_section(name, title, body, f"make bench BENCH_ARGS='scale {' '.join(argv)}'".strip())
 
 
 if __name__ == "__main__":

@@ -61,6 +61,24 @@ def _below(part: list[tuple[str, float, str]], floor: float) -> list[tuple[str, 
     return [(i, floor - 1.0 + 0.99 * (s - lo) / span, src) for i, s, src in part]
 
 
+def named_sources(model: Any) -> dict[str, Any]:
+    """The named retrievers inside a bundle's model, for item-to-item answers and warming.
+
+    A blend's active sources; a two-stage model's retrieval stage's (its ranker orders the
+    candidates, it proposes none: without this, ``similar`` and ``basket`` on the shipped default
+    fell back to the online counters and its sources were never warmed); otherwise the model itself.
+    """
+    sources = getattr(model, "active_sources", None)
+    if sources:
+        return dict(sources)
+    inner = getattr(model, "retriever", None)
+    if inner is not None and inner is not model:
+        found = named_sources(inner)
+        if found:
+            return found
+    return {getattr(model, "name", "model"): model}
+
+
 class BundleRecommender:
     """A trained retriever plus the online state, answering with raw ids; thread-safe reads.
 
@@ -75,15 +93,18 @@ class BundleRecommender:
         self.version = version
         self.state = state
         self.online = OnlinePopularity(state, version)
-        sources: Mapping[str, Any] = getattr(model, "active_sources", None) or {getattr(model, "name", "model"): model}
+        sources: Mapping[str, Any] = named_sources(model)
         self.item_sources = [(name, sources[name]) for name in ITEM_TO_ITEM if name in sources and hasattr(sources[name], "similar")]
         if not self.item_sources and hasattr(model, "similar"):
             self.item_sources = [(getattr(model, "name", "model"), model)]
         self._context_cache: OrderedDict[tuple[Any, ...], tuple[float, Scored]] = OrderedDict()
         self._cache_lock = threading.Lock()
-        # Work that depends only on the bundle, done before it serves (popularity ranks its
-        # segments' vectors once: otherwise each segment's first request pays milliseconds).
-        for source in {id(s): s for s in (model, *sources.values())}.values():
+        # Work that depends only on the bundle, done before it serves: id lookups over the
+        # catalogue and the users, content's posting lists and clusters, popularity's ranked
+        # segments. Otherwise the first requests after a load or a swap pay for them (tens of
+        # milliseconds each at 100k items, seconds at 1M).
+        inner = getattr(model, "retriever", None)
+        for source in {id(s): s for s in (model, *((inner,) if inner is not None else ()), *sources.values())}.values():
             warm = getattr(source, "warm", None)
             if callable(warm):
                 try:
@@ -178,4 +199,4 @@ def load_bundle_recommender(registry: Registry, version: str, state: OnlineState
     return BundleRecommender(loaded.model, loaded.card.version, state)
 
 
-__all__ = ["BundleRecommender", "load_bundle_recommender"]
+__all__ = ["BundleRecommender", "load_bundle_recommender", "named_sources"]

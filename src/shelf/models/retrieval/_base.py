@@ -158,6 +158,13 @@ class RetrieverBase:
         self._check_fitted()
         return len(self.item_ids_)
 
+    def warm(self) -> None:
+        """Build ahead of traffic what the first request would otherwise build: the id lookups
+        over the catalogue and the users (a dict each: ~10 ms per 100k ids). Serving calls it
+        on every source when it loads a bundle; subclasses add their own lazily built parts."""
+        self._check_fitted()
+        _ = self.items, self.users
+
     def user_index(self, user_id: str | None) -> int:
         """Dense index of a raw user id, -1 when unknown or None."""
         if user_id is None:

@@ -188,6 +188,14 @@ class BlendRetriever:
         if not self.is_fitted:
             raise NotFittedError("BlendRetriever is not fitted; call fit(data) or load(path) first")
 
+    def warm(self) -> None:
+        """The blend's own lookups (items, users, the active sources and their names), built
+        before the first request; serving warms each source itself (``BundleRecommender``)."""
+        self._check_fitted()
+        self._seen_items(str(self.user_ids_[0]) if len(self.user_ids_) else None)
+        self.items_lookup(())
+        self._source_names()
+
     @property
     def active_sources(self) -> dict[str, Any]:
         self._check_fitted()

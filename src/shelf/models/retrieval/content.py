@@ -204,6 +204,13 @@ class ContentRetriever(RetrieverBase):
             self._clusters_cache = (self.item_vectors_, cached)
         return cached
 
+    def warm(self) -> None:
+        """Id lookups, the posting lists (a transpose of the item matrix) and the item clusters,
+        built before the first request rather than during it."""
+        super().warm()
+        self._features_by_item()
+        self._clusters()
+
     def _linear(self, features: np.ndarray, values: np.ndarray) -> LinearScores:
         by_feature, column_max = self._features_by_item()
         return LinearScores(self.item_vectors_, by_feature, column_max, features, values, clusters=self._clusters())

@@ -226,7 +226,7 @@ class PopularityRetriever(RetrieverBase):
         time-of-day band. Serving calls it when it loads a bundle, so the first requests of
         each segment do not pay for ranking a catalogue-sized vector (milliseconds each, in the
         latency tail). Bounded to half the ranked cache; returns how many were ranked."""
-        self._check_fitted()
+        super().warm()
         when = Query(context=Context(timestamp=now or datetime.now(UTC)))
         base = self._segment_codes(when)  # the time-of-day band, when segmented by it
         combos: set[tuple[tuple[str, int], ...]] = {tuple(sorted(base.items()))}

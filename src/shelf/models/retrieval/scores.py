@@ -34,6 +34,20 @@ DENSE_COLUMNS = 4096  # weighted_rows bins by column directly below this many co
 DENSE_SHARE = 0.25  # LinearScores scores everything once pruning would visit this share of items
 
 
+def kth_largest(values: np.ndarray, n: int) -> Any:
+    """The ``n``-th largest value (1-based; ``n <= len(values)``), NaN never counted.
+
+    Partitions the *negated* copy at ``n - 1``: numpy's introselect is ~30x slower selecting near
+    the top of an array whose low end is one long run of ties (``partition(size - n)`` on a
+    popularity vector where most items share the prior: 12 ms instead of 0.4 ms at 100k items,
+    which put every cold segment's first request in the latency tail), and fast this way round.
+    -inf becomes +inf and sorts last, as NaN does, so neither is picked while n finite values exist.
+    """
+    negated = np.negative(values)
+    negated.partition(n - 1)
+    return -negated[n - 1]
+
+
 def top_of(scores: np.ndarray, n: int, *, finite: bool = False) -> np.ndarray:
     """Positions of the ``n`` best finite values, best first; ties broken by lower position.
 
@@ -48,11 +62,9 @@ def top_of(scores: np.ndarray, n: int, *, finite: bool = False) -> np.ndarray:
     if finite and size <= n:
         return (-scores).argsort(kind="stable")
     if size > n:
-        # -inf sorts lowest, so partitioning the raw vector finds the n-th largest value without
-        # first copying out the finite entries (a dense catalogue-sized vector per request).
-        part = scores.copy()
-        part.partition(size - n)
-        kth = part[size - n]
+        # The n-th largest value without first copying out the finite entries (a dense
+        # catalogue-sized vector per request); -inf or NaN there means fewer than n finite values.
+        kth = kth_largest(scores, n)
         chosen = np.empty(0, dtype=np.int64)
         if finite or np.isfinite(kth):
             above = (scores > kth).nonzero()[0]
@@ -304,9 +316,7 @@ class ItemClusters:
 def _top_by_item(items: np.ndarray, values: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     """The ``n`` best (item, value) pairs, best first, ties to the lower item index."""
     if len(values) > n:
-        part = values.copy()
-        part.partition(len(values) - n)
-        kth = part[len(values) - n]
+        kth = kth_largest(values, n)
         above = (values > kth).nonzero()[0]
         tied = (values == kth).nonzero()[0]
         if len(above) + len(tied) > n:
@@ -392,7 +402,7 @@ class LinearScores:
             values = self._exact(cand)
             positive = values > 0
             cand, values = cand[positive], values[positive]
-            theta = float(np.partition(values, len(values) - n)[len(values) - n]) if len(values) >= n else 0.0
+            theta = float(kth_largest(values, n)) if len(values) >= n else 0.0
             rest = bound[order[expanded:]]
             # The unexpanded features' bounds, summed from the smallest: keep expanding until
             # their total (with room for float32 rounding) falls strictly below theta.
