@@ -37,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -303,7 +304,7 @@ def in_process(items: int, users: int, days: int, queries: int) -> dict[bool, tu
     import pyarrow as pa
 
     from shelf.datasets.simulate import SimulationConfig, Simulator
-    from shelf.models.base import Interactions, Query
+    from shelf.models.base import Context, Interactions, Query
     from shelf.serving.online import OnlineState
     from shelf.serving.recommender import BundleRecommender
 
@@ -313,13 +314,16 @@ def in_process(items: int, users: int, days: int, queries: int) -> dict[bool, tu
     rng = np.random.default_rng(1)
     ids = data.items.ids
     queries_list = []
+    # Each query carries the request's clock reading, as serving's do (popularity segments by
+    # time of day: a query without one asks for segments no served request asks for).
+    now = Context(timestamp=datetime.now(UTC))
     for i in range(queries):
         if i % 3 == 0:
-            queries_list.append(Query(user_id=str(data.users.ids[rng.integers(data.n_users)])))
+            queries_list.append(Query(user_id=str(data.users.ids[rng.integers(data.n_users)]), context=now))
         elif i % 3 == 1:
-            queries_list.append(Query(session_items=tuple(str(x) for x in ids[rng.integers(len(ids), size=3)])))
+            queries_list.append(Query(session_items=tuple(str(x) for x in ids[rng.integers(len(ids), size=3)]), context=now))
         else:
-            queries_list.append(Query())
+            queries_list.append(Query(context=now))
     out = {}
     for content in (True, False):
         started = time.perf_counter()

@@ -365,5 +365,10 @@ def test_a_stocked_catalogue_keeps_its_out_of_stock_set_in_step() -> None:
     assert catalogue.out_of_stock == {"d", "e"}
     catalogue |= {"d": ItemMeta(stock=2)}
     assert catalogue.out_of_stock == {"e"} == {k for k, m in catalogue.items() if not m.in_stock}
+    copied, merged = catalogue.copy(), catalogue | {"f": ItemMeta(stock=0)}
+    assert isinstance(copied, StockedCatalogue) and isinstance(merged, StockedCatalogue)
+    assert copied.out_of_stock == {"e"} and merged.out_of_stock == {"e", "f"}
+    copied["e"] = ItemMeta(stock=5)
+    assert catalogue.out_of_stock == {"e"}, "a copy's changes stay in the copy"
     catalogue.clear()
     assert catalogue.out_of_stock == set()

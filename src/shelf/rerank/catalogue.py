@@ -93,6 +93,16 @@ class StockedCatalogue(dict[str, ItemMeta]):
         self.update(other)
         return self
 
+    # Copies stay stocked catalogues (dict's own would return plain dicts without the set:
+    # still correct answers, but every stock check would read the catalogue again).
+    def copy(self) -> StockedCatalogue:
+        return StockedCatalogue(self)
+
+    def __or__(self, other: Any) -> StockedCatalogue:  # type: ignore[override]
+        merged = self.copy()
+        merged.update(other)
+        return merged
+
 
 class Reranker(Protocol):
     """Reorders or filters candidates; pure, no I/O.

@@ -108,11 +108,15 @@ class Filters:
     unknown: Literal["keep", "drop"] = "keep"
     purchased: Callable[[str], Collection[str]] | None = None
 
-    def __call__(self, query: Query, items: Scored, n: int) -> Scored:
-        exclude = query.exclude
+    def _blocked(self, query: Query) -> tuple[Collection[str], Collection[str]]:
+        """What this query rules out by id: its exclusions, and what the shopper bought."""
         bought: Collection[str] = ()
         if self.purchased is not None and query.user_id is not None:
             bought = self.purchased(query.user_id)
+        return query.exclude, bought
+
+    def __call__(self, query: Query, items: Scored, n: int) -> Scored:
+        exclude, bought = self._blocked(query)
         ids = item_ids(items)
         keep_unknown = self.unknown == "keep"
         if len(set(ids)) != len(ids):  # duplicates: the general loop
@@ -120,7 +124,7 @@ class Filters:
         out_of_stock = getattr(self.catalogue, "out_of_stock", None)
         if out_of_stock is not None and keep_unknown:
             # A StockedCatalogue: "in stock or unknown" is "not among the few out-of-stock ids".
-            if out_of_stock.isdisjoint(ids) and _disjoint(exclude, ids) and _disjoint(bought, ids):
+            if _all_pass(ids, out_of_stock, exclude, bought):
                 return items
             return select(items, [i for i, item in enumerate(ids) if item not in out_of_stock and item not in exclude and item not in bought])
         # No duplicates (the usual case): the catalogue lookups run in C, one per candidate.
@@ -145,12 +149,9 @@ class Filters:
         out_of_stock = getattr(self.catalogue, "out_of_stock", None)
         if out_of_stock is None or self.unknown != "keep":
             return self(query, items, n).head(n)
-        exclude = query.exclude
-        bought: Collection[str] = ()
-        if self.purchased is not None and query.user_id is not None:
-            bought = self.purchased(query.user_id)
+        exclude, bought = self._blocked(query)
         ids = item_ids(items)
-        if out_of_stock.isdisjoint(ids) and _disjoint(exclude, ids) and _disjoint(bought, ids) and len(set(ids)) == len(ids):
+        if _all_pass(ids, out_of_stock, exclude, bought) and len(set(ids)) == len(ids):
             return items.head(n)
         seen: set[str] = set()
         keep: list[int] = []
@@ -177,6 +178,11 @@ class Filters:
                     continue
             keep.append(i)
         return keep
+
+
+def _all_pass(ids: list[str], out_of_stock: set[str], exclude: Collection[str], bought: Collection[str]) -> bool:
+    """No candidate is out of stock, excluded or bought (then the filters change nothing)."""
+    return out_of_stock.isdisjoint(ids) and _disjoint(exclude, ids) and _disjoint(bought, ids)
 
 
 def _disjoint(blocked: Collection[str], ids: list[str]) -> bool:
