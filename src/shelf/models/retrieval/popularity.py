@@ -143,10 +143,14 @@ class PopularityRetriever(RetrieverBase):
     # -- scoring --------------------------------------------------------------------------------
 
     def _distribution(self) -> np.ndarray:
-        total = float(self.global_.sum())
-        if total <= 0:
-            return np.zeros_like(self.global_, dtype=np.float64)
-        return self.global_.astype(np.float64) / total
+        """The global distribution (float64), computed once per fit or load (a catalogue-sized pass)."""
+        owner, cached = self.__dict__.get("_distribution_cache", (None, None))
+        if owner is not self.global_ or cached is None:
+            total = float(self.global_.sum())
+            cached = np.zeros_like(self.global_, dtype=np.float64) if total <= 0 else self.global_.astype(np.float64) / total
+            cached.flags.writeable = False  # shared: callers build new arrays from it
+            self.__dict__["_distribution_cache"] = (self.global_, cached)
+        return cached  # type: ignore[no-any-return]
 
     def _segment_codes(self, query: Query) -> dict[str, int]:
         """Which row of each segment matrix the request belongs to (missing when unknown)."""
@@ -184,15 +188,33 @@ class PopularityRetriever(RetrieverBase):
         return index
 
     def _scores_for(self, codes: Mapping[str, int]) -> np.ndarray:
+        """The mean over the request's segments of ``(row + prior * base) / (row total + prior)``.
+
+        Computed as ``base * (prior / k) * sum(1 / D_s)`` (one pass over the catalogue) plus each
+        segment row's own entries (``row / (k * D_s)``, sparse), rather than densifying every row
+        and making several catalogue-sized passes per segment: a cold segment at 1M items cost
+        ~20 ms, in the latency tail of its first requests.
+        """
         base = self._distribution()
         if not codes:
             return base.astype(np.float32)
         prior = self.config.segment_prior
-        acc = np.zeros_like(base)
+        k = len(codes)
+        rows = []
+        scale = 0.0
         for segment, code in codes.items():
-            row = self.segment_counts_[segment].getrow(code).toarray().ravel().astype(np.float64)
-            acc += (row + prior * base) / max(row.sum() + prior, 1e-12)
-        return (acc / len(codes)).astype(np.float32)
+            counts = self.segment_counts_[segment]
+            if not counts.has_canonical_format:  # one entry per item (checked once per matrix)
+                counts.sum_duplicates()
+            start, end = counts.indptr[code], counts.indptr[code + 1]
+            values = counts.data[start:end].astype(np.float64)
+            denominator = max(float(values.sum()) + prior, 1e-12)
+            scale += prior / denominator
+            rows.append((counts.indices[start:end], values / (k * denominator)))
+        acc = base * (scale / k)
+        for idx, values in rows:
+            acc[idx] += values
+        return acc.astype(np.float32)
 
     def _score_query(self, query: Query) -> np.ndarray:
         return self._scores_for(self._segment_codes(query))
