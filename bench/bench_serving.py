@@ -462,8 +462,10 @@ approximation, `ItemClusters`; exact below that size and in evaluation), so its 
 catalogue (compare the 100k and 1M rows). The "without content" rows
 serve the same blend without that source (a second bundle, promoted for those runs) to show what it costs.
 When the open-loop rate is above shelf's capacity (closed-loop figure), its open-loop latency includes queueing, as it should.
-In-process p99 includes each popularity segment's first request (its vector is ranked once, then cached), which
-at 1M items costs tens of milliseconds.
+In-process, as in serving, the bundle's sources are warmed when it loads (id lookups, content's posting lists and
+clusters, popularity's segments for the current time-of-day band); a segment no request asked for before costs one
+catalogue pass on its first request (milliseconds at 1M items), which is in the p99. In-process queries carry the
+request's clock reading, as served ones do.
 """
     write_section("serving", "Serving: HTTP throughput and latency against a bare FastAPI hello, events, freshness", body, command_line())
 
