@@ -6,12 +6,12 @@ Same data sets and splits as ``bench_quality`` (its helpers are imported). Proto
    side): the number of candidates N, the ranker (neural, LightGBM binary or LightGBM
    lambdarank) and the ranker weight w of the final score ``(1 - w) * prior(blend position) +
    w * p_ranker`` (w = 0 is the blend's own order) maximise the mean of NDCG@10 over the ``all``
-   and ``new`` views; ties go to the smaller N, then the smaller w. One fit per (N, ranker)
-   serves every w. The label window is the test window of the case (the horizon the
+   and ``new`` views; ties go to the smaller N, then the smaller w. One candidate generation per
+   N serves every ranker (``with_ranker``) and every w. The label window is the test window of the case (the horizon the
    probabilities are evaluated on), not tuned.
 2. The chosen configuration, shelf-blend and the peers are evaluated once on the **test cut**,
    beside the default two-stage that ``shelf train`` ships (neural, N = 200, the ranker weight
-   chosen by the model itself on its last training cut, same request moments and label window).
+   chosen by the model itself on its held training cuts, same request moments and label window).
 3. Calibration on the test cut is reported twice: the runner's (over the whole catalogue of every
    test user with a relevant event; non-candidates carry the outside rate) and over the
    candidates only (the harder number: every one of the N candidates of those users).
@@ -40,10 +40,15 @@ from bench.common import SHARED_DATA, write_section
 GRID_N = (100, 300)
 
 
-CUTS = {"n_cuts": 3, "spacing_fraction": 1.0}  # request moments replayed in training (set from the command line)
-# Earlier request moments are added (up to 4 × n_cuts) while the latest hold fewer requests than
-# this: a few hundred requests is what a ranker needs to learn anything (REES46's head has ~20).
-MIN_REQUESTS = 500
+# Request moments replayed in training, per case (``--n-cuts`` / ``--spacing`` override both):
+# every moment, ``spacing`` × the label window apart, back to the start of the data, each with
+# its whole label window inside the training side (``n_cuts`` is a cap). REES46's head has one
+# busy burst shorter than the label window (the night is quiet): only moments a minute apart
+# inside it give the ranker more than ~100 requests (~800 at 60 s); MovieLens's months need a
+# quarter window (7.5 days: ~1,500 requests).
+CASE_CUTS = {"rees46": {"n_cuts": 120, "spacing_fraction": 1 / 30}, "movielens": {"n_cuts": 24, "spacing_fraction": 0.25}}
+CUTS = {"n_cuts": 3, "spacing_fraction": 1.0}  # the running case's (set per case in run_case)
+MIN_REQUESTS = 0  # every moment is used already (the cap above), no extension needed
 
 
 RANKERS = ("gbdt", "lambdarank", "neural")
@@ -70,7 +75,7 @@ def _factory(n: int, ranker: str, window_s: int, seed: int = 0, keep: list[Any] 
 
         model = TwoStage(default_blend(seed=seed), _ranker(ranker, seed), config=TwoStageConfig(
             n_candidates=n, label_window_s=window_s, seed=seed, n_cuts=int(CUTS["n_cuts"]),
-            cut_spacing_s=max(1, int(window_s * CUTS["spacing_fraction"])), ranker_weight=weight, min_requests=MIN_REQUESTS,
+            cut_spacing_s=max(1, round(window_s * CUTS["spacing_fraction"])), ranker_weight=weight, min_requests=MIN_REQUESTS,
         ))
         if keep is not None:
             keep.append(model)
@@ -80,23 +85,28 @@ def _factory(n: int, ranker: str, window_s: int, seed: int = 0, keep: list[Any] 
 
 
 class _Reweighted:
-    """A runner-facing view of one shared two-stage fit at another ``ranker_weight``.
+    """A runner-facing view of one shared two-stage fit with another ranker and ``ranker_weight``.
 
-    The first variant the runner fits fits the shared model; the others reuse its retriever,
-    ranker and online state and only recalibrate the interpolated score, so the weight grid costs
-    one fit per (N, ranker).
+    The first variant the runner fits fits the shared model (candidates, features, the neural
+    ranker); the other rankers are trained on its ranking set (``with_ranker``) and every weight
+    only recalibrates the interpolated score, so the grid costs one candidate generation per N.
     """
 
     outputs_probabilities = True
 
-    def __init__(self, shared: dict[str, Any], make: Any, weight: float) -> None:
-        self.shared, self.make, self.weight = shared, make, weight
-        self.name = f"twostage w={weight:g}"
+    def __init__(self, shared: dict[str, Any], make: Any, ranker: str, weight: float) -> None:
+        self.shared, self.make, self.ranker, self.weight = shared, make, ranker, weight
+        self.name = f"twostage {ranker} w={weight:g}"
 
     def fit(self, data: Any) -> Any:
         if self.shared.get("data") is not data:
-            self.shared.update(model=self.make().fit(data), data=data)
-        self.model_ = self.shared["model"].with_ranker_weight(self.weight)
+            self.shared.clear()
+            base = self.make().fit(data)
+            self.shared.update(data=data, rankers={"neural": base})
+        rankers = self.shared["rankers"]
+        if self.ranker not in rankers:
+            rankers[self.ranker] = rankers["neural"].with_ranker(_ranker(self.ranker, 0))
+        self.model_ = rankers[self.ranker].with_ranker_weight(self.weight)
         return self
 
     def retrieve(self, query: Any, n: int) -> Any:
@@ -106,9 +116,9 @@ class _Reweighted:
         return self.model_.score_users(users)
 
 
-def _weight_grid(n: int, ranker: str, window_s: int, shared: dict[str, Any]) -> dict[str, Any]:
-    make = _factory(n, ranker, window_s)
-    return {f"N={n} {ranker} w={w:g}": (lambda w=w: _Reweighted(shared, make, w)) for w in WEIGHTS}
+def _weight_grid(n: int, window_s: int, shared: dict[str, Any]) -> dict[str, Any]:
+    make = _factory(n, "neural", window_s)
+    return {f"N={n} {r} w={w:g}": (lambda r=r, w=w: _Reweighted(shared, make, r, w)) for r in RANKERS for w in WEIGHTS}
 
 
 def _score(result: Any, name: str) -> float:
@@ -193,14 +203,14 @@ def run_case(case: Any, work: Path, requests: int, log: list[str]) -> str:
     built = spec.build(lake)
     window_s = int(spec.test_window.total_seconds())
     views = ("all", "new")
+    CUTS.update(cuts_of(case.name))
 
     # 1. choices on the validation cut only
     validation = built.validation()
     grid: dict[str, Any] = {}
-    fits: dict[tuple[int, str], dict[str, Any]] = {}
+    fits: dict[int, dict[str, Any]] = {}
     for n in GRID_N:
-        for r in RANKERS:
-            grid.update(_weight_grid(n, r, window_s, fits.setdefault((n, r), {})))
+        grid.update(_weight_grid(n, window_s, fits.setdefault(n, {})))
     grid["shelf-blend"] = pick(["shelf-blend"])["shelf-blend"]
     started = time.perf_counter()
     vres = evaluate(None, validation, grid, ks=(10,), target=ANY_ENGAGEMENT, views=views)
@@ -251,7 +261,7 @@ def run_case(case: Any, work: Path, requests: int, log: list[str]) -> str:
             lines.append(f"| {label} | {view} | {b:.4f} | {t:.4f} | {ratio:.3f}× {'met' if ratio >= 1.05 else 'NOT met'} | "
                          f"{ci.difference:+.4f} [{ci.low:+.4f}, {ci.high:+.4f}] |")
     auto = default_kept[0].fit_stats_.get("ranker_weight_choice", {})
-    lines += ["", f"The default's own choice on its last training cut ({auto.get('requests', 0)} requests): w = {auto.get('weight')}, "
+    lines += ["", f"The default's own choice on its held training cuts ({auto.get('requests', 0)} requests): w = {auto.get('weight')}, "
               f"estimated NDCG@10 per w {auto.get('ndcg')}, lower 95% bound of the chosen gain {auto.get('gain_lower_95')}."]
     ece_c, ll_c, n_users = _candidate_calibration(model, built)
     ece_r = res.value(name, "ece", 0)
@@ -263,7 +273,7 @@ def run_case(case: Any, work: Path, requests: int, log: list[str]) -> str:
         f"({'met' if ece_c <= 0.02 else 'NOT met'} ≤ 0.02), log loss {ll_c:.4f}.",
     ]
     # every ranker kind's ranking stage, timed on the test model's frames (the validation fits at N = max)
-    others = {r: fits[(max(GRID_N), r)]["model"] for r in RANKERS if "model" in fits[(max(GRID_N), r)]}
+    others = dict(fits[max(GRID_N)].get("rankers", {}))
     lat = _latency(model, built, requests, others)
     stats = model.fit_stats_
     per_s = getattr(model.ranker_, "train_examples_per_s_", None)
@@ -276,7 +286,9 @@ def run_case(case: Any, work: Path, requests: int, log: list[str]) -> str:
         "(fitted on the validation side, same frames): "
         + "; ".join(f"{r} median {lat[f'rank_ms_median[{r}]']:.2f} ms, p99 {lat[f'rank_ms_p99[{r}]']:.2f} ms "
                     f"({'met' if lat[f'rank_ms_median[{r}]'] <= 5 else 'NOT met'} ≤ 5 ms)" for r in others) + ".",
-        f"Training: {stats['requests']} requests at {len(stats['cuts'])} cuts, {stats['examples']:,} examples "
+        f"Training: {stats['requests']} requests at {len(stats['cuts'])} cuts ({stats['training_requests']} train the ranker, "
+        f"{stats['held_requests']} at the held cuts from {stats['held_from']} validate it; those whose label window reaches "
+        f"the held cuts are purged), {stats['examples']:,} examples "
         f"({stats['positive_share']:.1%} positive); candidates + features {stats['candidates_and_features_s']:.1f} s; "
         f"ranker fit {stats['ranker_fit_s']:.1f} s = {stats['ranker_examples_per_s']:,.0f} examples/s"
         + (f" (neural: {per_s:,.0f} examples/s through the optimiser, all epochs)" if per_s else "")
@@ -286,19 +298,30 @@ def run_case(case: Any, work: Path, requests: int, log: list[str]) -> str:
     return "\n".join(lines)
 
 
+_OVERRIDE: dict[str, float] = {}  # --n-cuts / --spacing from the command line
+
+
+def cuts_of(case_name: str) -> dict[str, float]:
+    key = case_name.split()[0].lower()
+    return {**CASE_CUTS.get(key, {"n_cuts": 3, "spacing_fraction": 1.0}), **_OVERRIDE}
+
+
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="bench twostage")
     parser.add_argument("--cases", default="rees46,movielens")
     parser.add_argument("--requests", type=int, default=300)
-    parser.add_argument("--n-cuts", type=int, default=3, help="request moments replayed in the training window")
-    parser.add_argument("--spacing", type=float, default=1.0, help="spacing of request moments, as a fraction of the label window")
+    parser.add_argument("--n-cuts", type=int, default=None, help="most request moments replayed in the training window (default: per case)")
+    parser.add_argument("--spacing", type=float, default=None, help="spacing of request moments, as a fraction of the label window (default: per case)")
     parser.add_argument("--section", default="twostage", help="BENCHMARKS.md section name (one per concurrent run)")
     args, _ = parser.parse_known_args(argv)
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     if not SHARED_DATA.is_dir():
         raise SystemExit(f"shared data not found at {SHARED_DATA}; the two-stage benchmark needs it")
-    CUTS.update(n_cuts=args.n_cuts, spacing_fraction=args.spacing)
+    if args.n_cuts is not None:
+        _OVERRIDE["n_cuts"] = args.n_cuts
+    if args.spacing is not None:
+        _OVERRIDE["spacing_fraction"] = args.spacing
     wanted = args.cases.split(",")
     cases = [c for c in CASES if c.kind == "user" and any(w in c.name.lower() for w in wanted)]
     work = Path(tempfile.mkdtemp(prefix="shelf-twostage-"))
@@ -310,13 +333,15 @@ def main(argv: list[str]) -> None:
     body = (
         "Two-stage = default blend (retrieval) → online features (user, item, user × item, context, session, fused and "
         "per-source retrieval scores and ranks) → ranker probability, interpolated with the blend's position prior as "
-        "(1 − w) · prior + w · p_ranker and calibrated on the last training cut (w = 0 is the blend's own order). N, the "
+        "(1 − w) · prior + w · p_ranker and calibrated on the held training cuts (w = 0 is the blend's own order). N, the "
         "ranker and w are chosen on the validation cut (carved from the training side); the test cut is used once. "
         "Full-catalogue metrics, same "
         "splits as the quality benchmark. "
-        f"Request moments: {args.n_cuts} cuts spaced {args.spacing:g} × the label window, each with its whole label window "
-        f"inside the training side (earlier cuts are added, up to {4 * args.n_cuts}, while the latest hold fewer than "
-        f"{MIN_REQUESTS} requests).\n\n" + "\n".join(sections) + "\nWall times: " + "; ".join(log) + "\n"
+        "Request moments: every moment spaced a fraction of the label window apart, back to the start of the data, each "
+        "with its whole label window inside the training side ("
+        + "; ".join(f"{c.name.split()[0]}: at most {cuts_of(c.name)['n_cuts']:g} moments {cuts_of(c.name)['spacing_fraction']:.3g} × the window apart" for c in cases)
+        + "); the ranker early-stops and is calibrated, and the default chooses w, on the held cuts (the latest moments, about a "
+        "quarter of the requests, with a label-window gap before them).\n\n" + "\n".join(sections) + "\nWall times: " + "; ".join(log) + "\n"
     )
     write_section(args.section, "Two-stage ranking vs retrieval alone (real logs)", body, f"python -m bench twostage {' '.join(argv)}".strip())
 

@@ -174,6 +174,45 @@ def test_every_cut_sees_its_whole_label_window(split: UserSplit) -> None:
     assert few._cuts(split.train) == cuts[-2:]
 
 
+def test_held_cuts_hold_a_share_of_the_requests_and_never_the_first_moment() -> None:
+    from shelf.models.twostage import _held_start, _validation_share
+
+    # moments 10, 20, 30, 40 with 6, 2, 1, 1 requests (two rows each); no gap
+    moments = np.repeat([10, 20, 30, 40], [12, 4, 2, 2])
+    request = np.repeat(np.arange(10), 2)
+    assert _held_start(moments, request, 0.05) == 40  # the last moment alone is enough
+    assert _held_start(moments, request, 0.2) == 30  # about 20% of the requests are held
+    assert _held_start(moments, request, 0.4) == 20
+    assert _held_start(moments, request, 0.99) == 20  # the first moment always trains
+    # the ranker's time split puts exactly the held moments in its validation part
+    fraction = _validation_share(moments, 30)
+    cut = np.quantile(moments, 1.0 - fraction, method="lower")
+    assert set(moments[moments > cut].tolist()) == {30, 40}
+    with pytest.raises(ModelError, match="validation_share"):
+        TwoStageConfig(validation_share=1.0).validate()
+
+
+def test_training_moments_whose_label_window_reaches_the_held_cuts_are_purged() -> None:
+    from shelf.models.twostage import _held_start, _kept_rows
+
+    # a busy burst (moments 0..4, 10 requests each) shorter than the label window (10), then quiet moments
+    moments = np.repeat([0, 1, 2, 3, 4, 12, 14, 16, 18], [10, 10, 10, 10, 10, 3, 3, 3, 3])
+    request = np.arange(len(moments))
+    start = _held_start(moments, request, 0.25, gap_us=10)
+    assert start == 12  # the quiet moments are held, the burst trains (its end is purged: it reaches 12)
+    kept = _kept_rows(moments, start, 10)
+    assert set(moments[kept].tolist()) == {0, 1, 2, 12, 14, 16, 18}
+    # evenly busy moments half a label window apart: the gap costs one moment
+    even = np.repeat([0, 5, 10, 15, 20, 25], 4)
+    start = _held_start(even, np.arange(len(even)), 0.25, gap_us=10)
+    kept_moments = set(even[_kept_rows(even, start, 10)].tolist())
+    assert start == 25 and kept_moments == {0, 5, 10, 15, 25}  # 20's window reaches 25: purged
+    # cuts all closer than the window: the last moment is held, nothing purged
+    close = np.repeat([0, 1, 2], 3)
+    start = _held_start(close, np.arange(9), 0.25, gap_us=10)
+    assert start == 2 and len(_kept_rows(close, start, 10)) == 9
+
+
 def test_reweighted_model_round_trips(fitted: TwoStage, split: UserSplit, tmp_path: Path) -> None:
     half = fitted.with_ranker_weight(0.5)
     half.save(tmp_path / "h")
@@ -182,6 +221,18 @@ def test_reweighted_model_round_trips(fitted: TwoStage, split: UserSplit, tmp_pa
     np.testing.assert_array_equal(half.score_users(split.test_users[:3]), loaded.score_users(split.test_users[:3]))
     with pytest.raises(ModelError, match="refit"):
         loaded.with_ranker_weight(0.0)
+
+
+def test_another_ranker_reuses_the_ranking_set(fitted: TwoStage, split: UserSplit) -> None:
+    from shelf.models.ranking import LightGBMRanker, LightGBMRankerConfig
+
+    other = fitted.with_ranker(LightGBMRanker(LightGBMRankerConfig(seed=0)))
+    assert other.ranker_.name == "lightgbm-ranker" and fitted.ranker_.name == "neural-ranker"
+    assert other.ranking_set_ is fitted.ranking_set_ and other.retriever is fitted.retriever
+    scores = other.score_users(split.test_users[:2])
+    assert np.all(np.isfinite(scores)) and np.all((scores >= 0) & (scores <= 1))
+    with pytest.raises(ModelError):
+        fitted.with_ranker(object())  # type: ignore[arg-type]
 
 
 def test_unfitted_and_bad_config_fail_loudly() -> None:

@@ -9,7 +9,7 @@
   probability that the shopper engages with the item within ``label_window_s``. The final score
   interpolates it with the retriever's own order, ``(1 - w) * prior(position) + w * p_ranker``
   (``ranker_weight`` w; ``prior`` is the engagement rate at each retrieval position), calibrated
-  on the last training cut; items are returned by that score (ties broken by the raw logit, then
+  on the held training cuts; items are returned by that score (ties broken by the raw logit, then
   the retrieval position). w = 0 is exactly the retriever's order, with calibrated probabilities.
 * **training** (``fit``): the same protocol as a temporal evaluation, replayed inside the
   training window. At each of ``n_cuts`` request moments ``c_k = end - window - k * spacing``
@@ -19,8 +19,9 @@
   candidates for them are the examples (positives: engaged in the window; negatives: sampled
   from the rest of the candidates, weighted by the inverse sampling rate); features are
   point-in-time at ``c_k``. The ranker trains on the earlier cuts and early-stops and calibrates
-  on the last one (a temporal validation cut). The retriever is then refitted on the full window
-  and the online feature state is loaded with it.
+  on the *held cuts*: the latest request moments holding at least ``validation_share`` of the
+  requests (at least the last moment; a temporal validation cut). The retriever is then refitted
+  on the full window and the online feature state is loaded with it.
 
 Requests are shoppers who come back in the window (the moment a recommendation is asked for):
 probabilities are conditional on a visit, as are the evaluation runner's calibration metrics
@@ -125,11 +126,16 @@ class TwoStageConfig:
         save_events: keep the online feature state (events, catalogue, profiles) in the saved
             folder, so a loaded model answers exactly as the saved one; without it, feed events
             with ``update`` after loading.
+        validation_share: the held cuts (the ranker's early stopping and calibration, the
+            position prior's complement, the "auto" weight choice) are the latest request moments
+            holding at least this share of the requests, at least the last one and never the
+            first. Dense cuts on a small shop put a handful of requests at each moment: the last
+            one alone is too few to stop, calibrate or choose a weight on.
         ranker_weight: the final score interpolates the retriever's order and the ranker,
             ``(1 - w) * prior(retrieval position) + w * p_ranker`` (both engagement probabilities),
-            then calibrates it on the last cut. ``0`` reproduces the retriever's order exactly
+            then calibrates it on the held cuts. ``0`` reproduces the retriever's order exactly
             (with calibrated probabilities), ``1`` is the ranker alone. ``None`` (the default)
-            chooses it on the last cut (``shelf.models.ranking.selection``: 0 unless a larger
+            chooses it on the held cuts (``shelf.models.ranking.selection``: 0 unless a larger
             weight wins clearly); a benchmark can instead choose it on its own validation cut
             (``with_ranker_weight`` re-weights a fitted model without refitting).
     """
@@ -145,6 +151,7 @@ class TwoStageConfig:
     source_features: bool = True
     save_events: bool = True
     ranker_weight: float | None = None
+    validation_share: float = 0.25
     seed: int = 0
 
     def validate(self) -> None:
@@ -158,6 +165,8 @@ class TwoStageConfig:
             raise ModelError(f"min_requests must be >= 0, got {self.min_requests}")
         if self.negatives_per_positive < 1 or self.min_negatives < 1 or self.max_requests_per_cut < 1:
             raise ModelError("negatives_per_positive, min_negatives and max_requests_per_cut must be >= 1")
+        if not 0.0 < self.validation_share < 1.0:
+            raise ModelError(f"validation_share must lie in (0, 1), got {self.validation_share!r}")
         if self.ranker_weight is not None and not 0.0 <= self.ranker_weight <= 1.0:
             raise ModelError(f"ranker_weight must lie in [0, 1], got {self.ranker_weight!r}")
 
@@ -261,18 +270,62 @@ def _us(t: datetime) -> int:
     return (d.days * 86_400 + d.seconds) * 1_000_000 + d.microseconds
 
 
-def _validation_share(timestamps: np.ndarray) -> float:
-    """A ``validation_fraction`` whose time split puts exactly the last request moment in ``later``."""
-    moments, counts = np.unique(timestamps, return_counts=True)
+def _held_start(timestamps: np.ndarray, request: np.ndarray, share: float, gap_us: int = 0) -> int:
+    """The first request moment of the held (validation) cuts.
+
+    Training moments are those at least ``gap_us`` (the label window) before it: a training
+    request whose label window reaches into the held cuts shares their future (the same shopper
+    engaging with the same item counts for both), and held-cut gains would then be memorisation,
+    not ranking. Moments in the gap are dropped (``_kept_rows``).
+
+    Among the starts that leave a training moment, the one maximising
+    ``min(training requests, held requests * (1 - share) / share)``: the held cuts hold about
+    ``share`` of the requests where the data allows, never at the price of the training side
+    (on a shop whose busy hours are shorter than the label window, the held cuts move to the
+    quiet hours after them instead of purging the busy ones). Ties go to the later start. When
+    no start leaves a training moment (cuts closer together than the label window), the held
+    cut is the last moment and nothing is purged.
+
+    Why more than the last moment: on a small shop the last cut holds a handful of requests, too
+    few to early-stop, calibrate or choose the ranker weight on.
+    """
+    moments = np.unique(timestamps)
     if len(moments) < 2:
         raise ModelFitError("two-stage: the ranking set holds one request moment; need at least two cuts")
+    pairs = np.unique(np.stack([timestamps, request]), axis=1)  # (moment, request), one per request
+    counts = np.bincount(np.searchsorted(moments, pairs[0]), minlength=len(moments)).astype(np.float64)
+    before = np.cumsum(counts)  # requests at or before each moment
+    held = before[-1] - np.r_[0.0, before[:-1]]  # requests at or after each moment
+    best, best_value = -1, -np.inf
+    for i in range(1, len(moments)):
+        last_train = np.searchsorted(moments, moments[i] - gap_us, side="right") - 1  # latest moment <= start - gap
+        if last_train < 0:
+            continue
+        value = min(before[last_train], held[i] * (1.0 - share) / share)
+        if value >= best_value:
+            best, best_value = i, value
+    return int(moments[best if best >= 0 else -1])
+
+
+def _kept_rows(timestamps: np.ndarray, start: int, gap_us: int) -> np.ndarray:
+    """Rows of the held cuts and of the training moments at least ``gap_us`` before them (see ``_held_start``)."""
+    kept = (timestamps >= start) | (timestamps + gap_us <= start)
+    if not (timestamps < start)[kept].any():  # no start cleared the gap: the last moment is held, nothing purged
+        kept = np.ones(len(timestamps), dtype=bool)
+    return np.flatnonzero(kept)
+
+
+def _validation_share(timestamps: np.ndarray, start: int) -> float:
+    """A ``validation_fraction`` whose time split puts exactly the moments from ``start`` on in ``later``."""
+    moments, counts = np.unique(timestamps, return_counts=True)
     share = counts / counts.sum()
-    return float(share[-1] + 0.5 * share[-2])
+    first = int(np.searchsorted(moments, start))
+    return float(share[first:].sum() + 0.5 * share[first - 1])
 
 
-def _fit_ranker(template: RankerBase, data: RankingSet) -> RankerBase:
-    """A fresh ranker of the template's kind, validated on the last request moment of ``data``."""
-    config = dataclasses.replace(template.config, validation_fraction=_validation_share(data.timestamp_us))
+def _fit_ranker(template: RankerBase, data: RankingSet, start: int) -> RankerBase:
+    """A fresh ranker of the template's kind, validated on the request moments from ``start`` on."""
+    config = dataclasses.replace(template.config, validation_fraction=_validation_share(data.timestamp_us, start))
     return type(template)(config).fit(data)
 
 
@@ -286,8 +339,8 @@ class Interpolation:
     """Final score of a candidate: ``(1 - w) * prior(position) + w * p_ranker``, then calibrated.
 
     ``prior`` maps the retriever's position to an engagement probability (isotonic, fitted on the
-    earlier cuts); ``final`` calibrates the interpolated score on the last cut (the ranker's own
-    validation cut). ``held`` keeps the last cut's (prior, ranker probability, label, weight) so
+    earlier cuts); ``final`` calibrates the interpolated score on the held cuts (the ranker's own
+    validation cuts). ``held`` keeps their (prior, ranker probability, label, weight) so
     that another weight can be calibrated without refitting anything.
     """
 
@@ -298,9 +351,9 @@ class Interpolation:
     choice: WeightChoice | None = None  # how an "auto" weight was chosen (None: it was given)
 
     @classmethod
-    def fit(cls, ranker: RankerBase, data: RankingSet, weight: float | None, method: str) -> Interpolation:
+    def fit(cls, ranker: RankerBase, data: RankingSet, weight: float | None, method: str, start: int) -> Interpolation:
         positions = np.asarray(data.examples["candidate_rank"].to_numpy(zero_copy_only=False), dtype=np.float64)
-        last = data.timestamp_us == data.timestamp_us.max()
+        last = data.timestamp_us >= start  # the held cuts (the ranker's own validation moments)
         early = ~last if (~last).any() else last
         prior = Calibrator("isotonic").fit(_position_key(positions[early]), data.labels[early], data.weights[early])
         held_rows = np.flatnonzero(last)
@@ -520,14 +573,18 @@ class TwoStage:
             feature_set=self.feature_set, labels=labels,
         )
         built = time.perf_counter()
-        ranker = _fit_ranker(self.ranker, ranking)
-        self.interpolation_ = Interpolation.fit(ranker, ranking, c.ranker_weight, ranker.config.calibration)
+        gap = c.label_window_s * 1_000_000
+        start = _held_start(ranking.timestamp_us, ranking.request, c.validation_share, gap)
+        ranking = ranking.take(_kept_rows(ranking.timestamp_us, start, gap))
+        ranker = _fit_ranker(self.ranker, ranking, start)
+        self.interpolation_ = Interpolation.fit(ranker, ranking, c.ranker_weight, ranker.config.calibration, start)
         ranked = time.perf_counter()
         retriever = copy.deepcopy(self._retriever_template)
         retriever.fit(data)
         self.retriever = retriever
         self.ranker_ = ranker
-        self.ranking_set_ = ranking
+        self.ranking_set_ = ranking  # without the purged moments
+        self.held_from_us_ = start
         self.p_outside_ = float(outside_hits / outside_slots) if outside_slots > 0 else 0.0
         self.user_ids_ = np.asarray(data.users.ids, dtype=object).copy()
         self.item_ids_ = np.asarray(data.items.ids, dtype=object).copy()
@@ -538,6 +595,9 @@ class TwoStage:
             "cuts": [_dt(t).isoformat() for t in cuts_used],
             "requests": len(request_rows),
             "examples": len(ranking),
+            "held_from": _dt(start).isoformat(),
+            "held_requests": int(len(np.unique(ranking.request[ranking.timestamp_us >= start]))),
+            "training_requests": int(len(np.unique(ranking.request[ranking.timestamp_us < start]))),
             "positive_share": float(ranking.labels.mean()),
             "candidates_and_features_s": round(built - started, 3),
             "ranker_fit_s": round(ranked - built, 3),
@@ -645,6 +705,24 @@ class TwoStage:
             out[row, cols[ok]] = np.minimum(values[ok], 1.0)
         return out.astype(np.float32)
 
+    def with_ranker(self, ranker: RankerBase) -> TwoStage:
+        """This fitted model with another ranker (of ``ranker``'s kind and config) trained on the same ranking set.
+
+        Retriever, candidates, held cuts and online state are shared with ``self`` (not refitted),
+        so comparing rankers costs one candidate generation, not one per ranker.
+        """
+        self._check_fitted()
+        if not isinstance(ranker, RankerBase):
+            raise ModelError(f"{ranker!r} is not a shelf ranker (NeuralRanker or LightGBMRanker)")
+        twin = copy.copy(self)
+        twin.ranker = ranker
+        twin.ranker_ = _fit_ranker(ranker, self.ranking_set_, self.held_from_us_)
+        twin.interpolation_ = Interpolation.fit(twin.ranker_, self.ranking_set_, self.config.ranker_weight, twin.ranker_.config.calibration, self.held_from_us_)
+        twin.fit_stats_ = {**self.fit_stats_, "ranker_weight": twin.interpolation_.weight}
+        if twin.interpolation_.choice is not None:
+            twin.fit_stats_["ranker_weight_choice"] = twin.interpolation_.choice.to_dict()
+        return twin
+
     # -- ablation -------------------------------------------------------------------------------
 
     def without(self, groups: Sequence[str]) -> TwoStage:
@@ -659,8 +737,9 @@ class TwoStage:
             raise ModelError(f"feature group(s) {list(groups)} are not in the feature set (groups: {self.ranker_.feature_set_.groups})")
         twin = copy.copy(self)
         ranking = self.ranking_set_.with_features(sub)
-        twin.ranker_ = _fit_ranker(self.ranker, ranking)
-        twin.interpolation_ = Interpolation.fit(twin.ranker_, ranking, self.config.ranker_weight, twin.ranker_.config.calibration)
+        start = self.held_from_us_  # the full model's held cuts (its ranking set is already purged)
+        twin.ranker_ = _fit_ranker(self.ranker, ranking, start)
+        twin.interpolation_ = Interpolation.fit(twin.ranker_, ranking, self.config.ranker_weight, twin.ranker_.config.calibration, start)
         return twin
 
     # -- persistence ----------------------------------------------------------------------------

@@ -1,8 +1,8 @@
 """Choosing how much to trust the ranker over retrieval's own order, on a held request cut.
 
 The two-stage score is ``(1 - w) * prior(position) + w * p_ranker``. ``choose_weight`` picks
-``w`` from a grid on the last training cut: for each request it estimates NDCG@k of the order
-each weight gives, and keeps a weight above 0 only when its gain over ``w = 0`` (retrieval's
+``w`` from a grid on the held training cuts (the latest request moments of the training window):
+for each request it estimates NDCG@k of the order each weight gives, and keeps a weight above 0 only when its gain over ``w = 0`` (retrieval's
 order) is positive at the lower end of a one-sided 95% bootstrap interval over requests.
 
 Why so conservative: the held cut is small on a small shop (tens of requests), and the ranker
