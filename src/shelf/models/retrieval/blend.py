@@ -38,8 +38,8 @@ from shelf.models.io import (
     load_bundle,
     save_bundle,
 )
-from shelf.models.retrieval._base import check_positive, top_indices, top_indices_rows
-from shelf.models.retrieval.scores import DenseScores, QueryScores, unique_inverse
+from shelf.models.retrieval._base import check_positive, top_indices
+from shelf.models.retrieval.scores import DenseScores, QueryScores, top_of_rows, unique_inverse
 
 Stage = Literal["user", "session", "context"]
 
@@ -458,7 +458,8 @@ class BlendRetriever:
         """The non-zero part of ``contribution_matrix`` for several fusions at once: each row's
         candidate columns (queries × ``candidates_per_source``) and, per fusion, their
         contributions there (0 where the source proposes nothing)."""
-        top = top_indices_rows(scores, self.config.candidates_per_source)
+        # Ties to the lower item, as each request's ``top`` breaks them (rrf ranks ties apart).
+        top = top_of_rows(scores, self.config.candidates_per_source)
         values = np.take_along_axis(scores, top, axis=1).astype(np.float64)
         finite = np.isfinite(values)
         row_min = np.min(np.where(finite, values, np.inf), axis=1, keepdims=True)

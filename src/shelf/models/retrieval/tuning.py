@@ -9,9 +9,12 @@ the caller trains on.
 Robustness, because a small shop's hold-out is a few dozen queries and its NDCG@10 swings by
 0.1 on one lucky weight:
 
-* rolling cuts: the latest ``holdout_share`` of the events is the first hold-out; while the
-  pooled hold-out has fewer than ``MIN_POOLED_QUERIES`` queries, earlier windows (each shifted
-  back by half a share, fitted on what came before them) are added, up to ``MAX_CUTS``;
+* rolling cuts: the latest ``holdout_share`` of the events is the first hold-out; while a stage
+  (shoppers with history, anonymous sessions) that has hold-out queries has fewer than
+  ``MIN_POOLED_QUERIES`` of them, earlier windows (each shifted back by half a share, fitted on
+  what came before them) are added, up to ``MAX_CUTS``. Counted per stage because each stage's
+  weights are tuned on its own queries only: REES46's 221 session queries used to stop the cuts
+  while its user weights rested on 73 queries from the last 90 seconds;
 * a weight (or the fusion) only moves away from the configured one when the mean per-query gain
   exceeds ``GAIN_STANDARD_ERRORS`` standard errors of the paired per-query differences, so with
   few queries the configured weights (the prior) stay unless the evidence is strong.
@@ -44,9 +47,17 @@ if TYPE_CHECKING:
 
 FUSIONS = ("rrf", "score")
 WEIGHT_GRID = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
+# Where the grid's top wins, doubling goes on while it keeps winning, up to this: at 8 the grid
+# bound the repeat and content weights in most REES46 fits (the optimum lay on its edge). Only on
+# the edge, as every grid value costs one scoring of the whole hold-out; the clear-gain rule still
+# guards every move.
+WEIGHT_CEILING = 64.0
 CELL_BUDGET = 20_000_000  # small catalogues: queries × items × sources held at once (float32: 80 MB)
-MAX_CUTS = 3  # hold-out windows at most (each one more fit of every source)
-MIN_POOLED_QUERIES = 300  # add earlier cuts while the pooled hold-out has fewer queries than this
+# Hold-out windows at most, each one more fit of every source. With a share of 0.2 stepped back by
+# 0.1 that is every window the training side holds; only a stage short of queries on a small
+# catalogue (small data, cheap fits) goes that far.
+MAX_CUTS = 8
+MIN_POOLED_QUERIES = 300  # add earlier cuts while a stage with queries has fewer than this
 GAIN_STANDARD_ERRORS = 1.0  # a move must gain this many standard errors of the paired differences
 # Above this many items, hold-out rows keep only their candidate columns (see the module docstring);
 # the public data sets (at most ~3,000 items) stay on whole rows.
@@ -230,8 +241,9 @@ def _coordinate_ascent(
 ) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
     """Weights from ``start``, per-query NDCG@10 at ``start`` and at the weights found.
 
-    Each pass tries every grid value of one source at a time and takes the best, but only when
-    its gain over the current weights is clear (see ``clear_gain``)."""
+    Each pass tries every grid value of one source at a time (doubling past the grid's top while
+    that keeps winning) and takes the best, but only when its gain over the current weights is
+    clear (see ``clear_gain``)."""
     names = list(contributions)
 
     def objective(w: Mapping[str, float]) -> np.ndarray:
@@ -255,6 +267,15 @@ def _coordinate_ascent(
                 gain = clear_gain(values, best)
                 if gain > choice_gain:
                     choice, choice_values, choice_gain = g, values, gain
+            top = choice if choice is not None else weights[name]
+            g = top * 2
+            while top >= WEIGHT_GRID[-1] and g <= WEIGHT_CEILING:
+                values = objective({**weights, name: g})
+                gain = clear_gain(values, best)
+                if gain <= choice_gain:
+                    break
+                choice, choice_values, choice_gain = g, values, gain
+                g *= 2
             if choice is not None:
                 weights, best, improved = {**weights, name: choice}, choice_values, True
         if not improved:
@@ -278,6 +299,22 @@ def _cuts(data: Interactions, holdout_share: float) -> list[tuple[float, float]]
             break
         out.append((lo, hi))
     return out
+
+
+def needs_more_cuts(counts: tuple[int, ...], *, compact: bool) -> bool:
+    """Whether the hold-out queries so far (one count per stage) call for an earlier window.
+
+    Each stage's weights are tuned on its own queries, so a stage with some but fewer than
+    ``MIN_POOLED_QUERIES`` asks for more; a stage the data never feeds (no known users, no
+    sessions) does not. Large catalogues (``compact``) count the stages together, as one window
+    already gives each up to ``LARGE_CATALOGUE_QUERIES`` queries and every further cut is a refit
+    of minutes.
+    """
+    if not any(counts):
+        return True
+    if compact:
+        return sum(counts) < MIN_POOLED_QUERIES
+    return any(0 < c < MIN_POOLED_QUERIES for c in counts)
 
 
 def tune_weights(blend: BlendRetriever, data: Interactions, *, holdout_share: float = 0.2, seed: int = 0) -> TuningReport:
@@ -318,7 +355,7 @@ def tune_weights(blend: BlendRetriever, data: Interactions, *, holdout_share: fl
     users_stage, sessions_stage = _Stage(compact), _Stage(compact)
     for early, late, inner_seen, sel in user_side:
         pooled = len(users_stage.relevant) + len(sessions_stage.relevant)
-        if pooled >= MIN_POOLED_QUERIES:
+        if not needs_more_cuts((len(users_stage.relevant), len(sessions_stage.relevant)), compact=compact):
             break
         budget = max(50, max_queries - pooled)  # small catalogues: queries × items held stays near CELL_BUDGET
         probe = _fit_probe(blend, subset(data, early))
