@@ -28,7 +28,7 @@ from shelf.models.retrieval import (
     PopularityRetriever,
     RepeatRetriever,
 )
-from shelf.models.twostage import TwoStage, TwoStageConfig, ablation_models
+from shelf.models.twostage import TwoStage, TwoStageConfig, _context, _dt, ablation_models
 
 WINDOW = 5 * 86_400
 
@@ -313,3 +313,34 @@ def test_the_default_ranker_weight_is_chosen_on_the_last_cut_and_recorded(fitted
         assert choice["gain_lower_95"] > 0
     loaded = TwoStage.load(fitted.save(tmp_path / "m"))
     assert loaded.interpolation_.weight == fitted.interpolation_.weight
+
+
+def test_at_weight_zero_the_runner_sees_the_retrievers_order(fitted: TwoStage, split: UserSplit) -> None:
+    # The runner ranks score_users' float32 rows, ties to the lower item index; calibrated
+    # probabilities tie in isotonic steps, so the order must survive the cast, not just the ties.
+    blend_order = fitted.with_ranker_weight(0.0)
+    scores = blend_order.score_users(split.test_users[:10])
+    for row, u in zip(scores, split.test_users[:10].tolist(), strict=True):
+        query = Query(str(fitted.user_ids_[u]), context=_context(_dt(fitted.clock_us_)))  # as score_users asks
+        expected = blend_order.retriever.retrieve(query, fitted.config.n_candidates).items.tolist()
+        ranked = np.lexsort((np.arange(len(row)), -row))[: len(expected)]
+        assert fitted.item_ids_[ranked].tolist() == expected
+
+
+def test_score_users_keeps_the_order_of_tied_probabilities_in_float32(fitted: TwoStage, split: UserSplit, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Every candidate calibrated to the same probability (one isotonic step near 0.6, where a
+    # float32 step is 6e-8): the rows must still rank the candidates in the model's order.
+    model = fitted.with_ranker_weight(0.0)
+    rank = model.rank
+
+    def tied(query: Query, n: int | None = None):  # type: ignore[no-untyped-def]
+        found, p, order = rank(query, n)
+        return found, np.full_like(p, 0.6), order
+
+    monkeypatch.setattr(model, "rank", tied)
+    users = split.test_users[:5]
+    scores = model.score_users(users)
+    for row, u in zip(scores, users.tolist(), strict=True):
+        found, _, order = rank(Query(str(fitted.user_ids_[u]), context=_context(_dt(fitted.clock_us_))))
+        ranked = np.lexsort((np.arange(len(row)), -row))[: len(order)]
+        assert fitted.item_ids_[ranked].tolist() == found.items[order].tolist()

@@ -28,8 +28,8 @@ probabilities are conditional on a visit, as are the evaluation runner's calibra
 (computed over test users with at least one relevant event).
 
 ``score_users`` gives the dense matrix the evaluation runner needs: candidates carry their
-probability (plus at most 2e-6 so that candidates keep the ranker's order and stay above
-everything else); items outside the candidates carry the *outside rate* ``p_outside_`` (the
+probability (plus 2.5e-7 per place from the end, at most 5e-5 at N = 200, so that in float32
+candidates keep the ranker's order, calibrated ties included, and stay above everything else); items outside the candidates carry the *outside rate* ``p_outside_`` (the
 engagement rate of non-candidates measured on the last cut), not ``-inf``: the runner's
 calibration metrics need probabilities in [0, 1] over the whole catalogue, and a non-candidate is
 not impossible, only unlikely.
@@ -100,9 +100,12 @@ from shelf.schema import EVENT_SCHEMA, ITEM_SCHEMA, TIMESTAMP_TYPE, USER_SCHEMA
 
 KIND = "twostage"
 RANKERS: dict[str, type[RankerBase]] = {cls.name: cls for cls in (NeuralRanker, LightGBMRanker)}
-# Bonus added to candidate probabilities in ``score_users`` so that candidates keep the ranker's
-# order and rank above every non-candidate: far below any calibration bin width.
-_ORDER_EPS = 1e-6
+# Bonus per place added to candidate probabilities in ``score_users`` so that candidates keep the
+# ranker's order and rank above every non-candidate. Each step must survive the float32 the runner
+# ranks (an ulp is up to 1.2e-7 below 1): the former 1e-6 spread over N places was ~5e-9 a step,
+# so calibrated ties (isotonic steps) collapsed and were ordered by item index, and w = 0 did not
+# reproduce the blend (MovieLens 0.992x). N = 200 adds at most 5e-5: far below any calibration bin.
+_ORDER_STEP = 2.5e-7
 
 
 @dataclass(frozen=True)
@@ -687,8 +690,9 @@ class TwoStage:
     def score_users(self, users: np.ndarray) -> np.ndarray:
         """Dense ``len(users) × n_items`` probabilities over the training item index.
 
-        Candidates: their calibrated probability (plus < 2e-6 to keep the ranker's order above the
-        rest); every other item: ``p_outside_``, the measured engagement rate of non-candidates.
+        Candidates: their calibrated probability (plus ``_ORDER_STEP`` per place from the end, so
+        float32 keeps the ranker's order, ties included, above the rest); every other item:
+        ``p_outside_``, the measured engagement rate of non-candidates.
         """
         self._check_fitted()
         users = np.asarray(users, dtype=np.int64)
@@ -700,7 +704,7 @@ class TwoStage:
                 continue
             cols = self._items_index.lookup(found.items[order])
             ok = cols >= 0
-            bonus = _ORDER_EPS * (1.0 + (len(order) - np.arange(len(order))) / len(order))
+            bonus = _ORDER_STEP * (len(order) - np.arange(len(order), dtype=np.float64))
             values = np.maximum(p[order], self.p_outside_) + bonus
             out[row, cols[ok]] = np.minimum(values[ok], 1.0)
         return out.astype(np.float32)
