@@ -39,17 +39,6 @@ def top_indices(scores: np.ndarray, n: int) -> np.ndarray:
     return top_of(scores, n)
 
 
-def top_indices_rows(scores: np.ndarray, n: int) -> np.ndarray:
-    """Row-wise ``n`` best column indices of a 2-D score matrix, best first (ties: any order)."""
-    n = min(n, scores.shape[1])
-    if n <= 0:
-        return np.empty((scores.shape[0], 0), dtype=np.int64)
-    part = np.argpartition(-scores, n - 1, axis=1)[:, :n]
-    vals = np.take_along_axis(scores, part, axis=1)
-    order = np.argsort(-vals, axis=1, kind="stable")
-    return np.take_along_axis(part, order, axis=1)
-
-
 def positional_weights(length: int, half_life: float) -> np.ndarray:
     """Weights for a sequence, oldest first: the newest gets 1, each step back decays."""
     if length == 0:
