@@ -170,15 +170,19 @@ class BlendRetriever:
         """Indices of the items a training user touched (empty when unknown or not demoting)."""
         if not self.demote_seen_ or user_id is None:
             return np.empty(0, dtype=np.int64)
+        u = self._user_rows().get(user_id)
+        if u < 0:
+            return np.empty(0, dtype=np.int64)
+        return self.seen_.indices[self.seen_.indptr[u] : self.seen_.indptr[u + 1]].astype(np.int64)
+
+    def _user_rows(self) -> Any:
+        """Raw user id → training row, built once per fit or load."""
         index = self.__dict__.get("_users_index")
         if index is None:
             from shelf.models.base import IdIndex
 
             index = self.__dict__["_users_index"] = IdIndex(self.user_ids_)
-        u = index.get(user_id)
-        if u < 0:
-            return np.empty(0, dtype=np.int64)
-        return self.seen_.indices[self.seen_.indptr[u] : self.seen_.indptr[u + 1]].astype(np.int64)
+        return index
 
     @property
     def is_fitted(self) -> bool:
@@ -192,7 +196,7 @@ class BlendRetriever:
         """The blend's own lookups (items, users, the active sources and their names), built
         before the first request; serving warms each source itself (``BundleRecommender``)."""
         self._check_fitted()
-        self._seen_items(str(self.user_ids_[0]) if len(self.user_ids_) else None)
+        self._user_rows()
         self.items_lookup(())
         self._source_names()
 
