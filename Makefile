@@ -17,6 +17,7 @@ $(VENV)/.created:
 
 $(VENV)/.installed: $(VENV)/.created pyproject.toml
 	$(PIP) install -q $(PIPFLAGS) -e '.[models,ann,serve]'
+	$(PY) -m shelf.models.retrieval.kernels  # compile the request kernels into numba's cache once
 	touch $@
 
 $(VENV)/.dev-installed: $(VENV)/.installed

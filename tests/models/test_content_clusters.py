@@ -96,14 +96,3 @@ def test_weighted_rows_sums_alike_over_few_and_many_columns() -> None:
                 expect += (matrix[r].toarray()[0] * np.float32(w)).astype(np.float64)
             assert idx.tolist() == np.flatnonzero(np.bincount(matrix[rows].indices, minlength=width)).tolist()
             np.testing.assert_allclose(values, expect[idx], rtol=1e-12)
-
-
-def test_unique_inverse_is_numpys() -> None:
-    from shelf.models.retrieval.scores import unique_inverse
-
-    rng = np.random.default_rng(5)
-    for size in (1, 2, 17, 900):
-        for dtype in (np.int32, np.int64):
-            values = rng.integers(0, max(2, size // 3), size).astype(dtype)
-            got, want = unique_inverse(values), np.unique(values, return_inverse=True)
-            assert got[0].tolist() == want[0].tolist() and got[1].tolist() == want[1].tolist()

@@ -153,6 +153,9 @@ class RetrieverBase:
         on every source when it loads a bundle; subclasses add their own lazily built parts."""
         self._check_fitted()
         _ = self.items, self.users
+        from shelf.models.retrieval import kernels
+
+        kernels.warm()  # compiled request steps: loaded (or compiled) before traffic, not during it
 
     def user_index(self, user_id: str | None) -> int:
         """Dense index of a raw user id, -1 when unknown or None."""

@@ -30,7 +30,6 @@ from typing import Any
 import numpy as np
 
 NEG_INF = np.float32(-np.inf)
-DENSE_COLUMNS = 4096  # weighted_rows bins by column directly below this many columns
 DENSE_SHARE = 0.25  # LinearScores scores everything once pruning would visit this share of items
 
 
@@ -105,47 +104,24 @@ def top_of_rows(scores: np.ndarray, n: int) -> np.ndarray:
     return np.take_along_axis(columns, order, axis=1)
 
 
-def unique_inverse(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``np.unique(values, return_inverse=True)`` for a 1-D integer array, without its generic
-    handling (same sort, same results): it runs on every request."""
-    perm = values.argsort(kind="stable")  # faster than the default here; the result does not depend on it
-    ordered = values[perm]
-    first = np.empty(len(ordered), dtype=bool)
-    first[:1] = True
-    np.not_equal(ordered[1:], ordered[:-1], out=first[1:])
-    inverse = np.empty(len(ordered), dtype=np.intp)
-    inverse[perm] = first.cumsum() - 1
-    return ordered[first], inverse
-
-
 def weighted_rows(matrix: Any, rows: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``sum_k weights[k] * matrix[rows[k]]`` of a CSR matrix as a sparse vector: ascending unique
     column indices and float64 sums. For a handful of rows this is several times cheaper than
     building a one-row sparse matrix and multiplying (scipy's per-call overhead dominates).
 
-    The rows' entries are gathered in one vectorised step (no loop over rows); each product is
-    rounded to the matrix's dtype, as ``row * weight`` would be, before the float64 sums.
+    Each product is rounded to the matrix's dtype, as ``row * weight`` would be, and every
+    column's products are summed in input order in float64 (what ``np.bincount`` does), in one
+    compiled pass (``kernels.group_columns``; its numpy form is the reference in the tests).
     """
-    ptr, indices, data = matrix.indptr, matrix.indices, matrix.data
+    from shelf.models.retrieval import kernels
+
     rows = np.asarray(rows, dtype=np.int64)
-    starts = ptr[rows]
-    lengths = ptr[rows + 1] - starts
-    ends = lengths.cumsum()
-    total = int(ends[-1]) if len(ends) else 0
-    if total == 0:
+    if not len(rows):
         return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float64)
-    # Position of every entry of the chosen rows, row after row: start of its row + its rank in it.
-    positions = np.arange(total, dtype=np.int64) + (starts - (ends - lengths)).repeat(lengths)
-    scaled = data[positions] * np.asarray(weights, dtype=np.float64).astype(data.dtype).repeat(lengths)
-    columns = indices[positions]
-    width = int(matrix.shape[1])
-    if width <= max(4 * total, DENSE_COLUMNS):
-        # Few columns (content's feature space): dense bins instead of sorting the entries. Each
-        # bin sums its entries in input order, as the sparse path does: identical floats.
-        present = np.bincount(columns, minlength=width).nonzero()[0]
-        return present.astype(np.int64), np.bincount(columns, weights=scaled, minlength=width)[present]
-    idx, inverse = unique_inverse(columns)
-    return idx.astype(np.int64), np.bincount(inverse, weights=scaled, minlength=len(idx))
+    weights = np.asarray(weights, dtype=np.float64).astype(matrix.data.dtype)
+    columns, sums = kernels.group_columns(matrix.indptr, matrix.indices, matrix.data, rows, weights)
+    order = columns.argsort()  # numpy's vectorised sort beats a compiled one here; columns are unique
+    return columns[order], sums[order]
 
 
 class DenseScores:
@@ -295,13 +271,13 @@ class ItemClusters:
     centroids are kept features × clusters, so those are a few contiguous rows: a dense product
     over every feature read the whole matrix, ~15 ms per request at 1M items), takes the clusters
     in that order until they hold ``max(candidate_factor * n, min_candidates)`` items, and scores exactly those items from a copy
-    of their rows laid out cluster by cluster (contiguous slices, no per-row gathering). Items
-    in clusters further from the profile are not looked at: that is the approximation. Scores
-    are float32 sums of the same products as ``X @ p``, summed in a different order, so a value
-    can differ from ``dense()``'s in its last bit.
+    of their rows laid out cluster by cluster (contiguous slices), all in one compiled pass
+    (``kernels.cluster_scores``). Items in clusters further from the profile are not looked at:
+    that is the approximation. Scores are float32 sums of the same products as ``X @ p``, each
+    row summed left to right, so a value can differ from ``dense()``'s in its last bit.
     """
 
-    __slots__ = ("candidate_factor", "centroids_by_feature", "data", "indices", "items", "min_candidates", "nnz_starts", "parts", "row_starts", "sizes", "starts")
+    __slots__ = ("candidate_factor", "centroids_by_feature", "data", "indices", "items", "min_candidates", "row_starts", "sizes", "starts")
 
     def __init__(self, matrix: Any, cluster_of: np.ndarray, centroids: np.ndarray, candidate_factor: int = 10, min_candidates: int = 1000) -> None:
         self.candidate_factor, self.min_candidates = candidate_factor, min_candidates
@@ -317,49 +293,20 @@ class ItemClusters:
         self.data = np.asarray(rows.data, dtype=np.float32)
         self.indices = np.asarray(rows.indices, dtype=np.int32)
         self.row_starts = np.asarray(rows.indptr, dtype=np.int64)
-        self.nnz_starts = self.row_starts[self.starts]
-        lengths = np.diff(self.row_starts)
-        # Per cluster: views of its entries' values and features, its items and their row lengths.
-        self.parts = [
-            (self.data[a:b], self.indices[a:b], self.items[r:q], lengths[r:q])
-            for a, b, r, q in zip(self.nnz_starts[:-1].tolist(), self.nnz_starts[1:].tolist(), self.starts[:-1].tolist(), self.starts[1:].tolist(), strict=True)
-        ]
 
     def top(self, profile: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
         """The best ``n`` positive scores among the items of the clusters closest to ``profile``."""
         if n <= 0 or not len(self.items):
             return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32)
-        used = profile.nonzero()[0]
-        closeness = profile[used] @ self.centroids_by_feature[used]
-        order = (-closeness).argsort(kind="stable")  # closest clusters first
+        from shelf.models.retrieval.kernels import cluster_top
+
+        # One compiled pass (closeness, cluster order, the chosen clusters' rows, a bounded heap
+        # of the best n): the numpy form was ~15 array operations on ~20k entries, ~150 µs of a
+        # known shopper's request.
         budget = max(self.candidate_factor * n, self.min_candidates)
-        reach = int(self.sizes[order].cumsum().searchsorted(budget)) + 1
-        # The chosen clusters' rows and entries are contiguous slices (prepared in ``parts``):
-        # concatenating a few slices is cheaper than gathering their positions.
-        parts = self.parts
-        data, features, items, lengths = zip(*[parts[c] for c in order[:reach].tolist()], strict=True)
-        lengths = np.concatenate(lengths)
-        offsets = lengths.cumsum() - lengths  # each row's first entry within the gathered arrays
-        values = np.add.reduceat(np.concatenate(data) * profile.take(np.concatenate(features)), offsets).astype(np.float32)
-        items = np.concatenate(items)
-        positive = values > 0
-        if not positive.all():
-            items, values = items[positive], values[positive]
-        return _top_by_item(items, values, n)
-
-
-def _top_by_item(items: np.ndarray, values: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """The ``n`` best (item, value) pairs, best first, ties to the lower item index."""
-    if len(values) > n:
-        kth = kth_largest(values, n)
-        above = (values > kth).nonzero()[0]
-        tied = (values == kth).nonzero()[0]
-        if len(above) + len(tied) > n:
-            tied = tied[items[tied].argsort(kind="stable")[: n - len(above)]]
-        chosen = np.concatenate([above, tied])
-        items, values = items[chosen], values[chosen]
-    order = np.lexsort((items, -values))[:n]
-    return items[order], values[order]
+        return cluster_top(  # type: ignore[no-any-return]
+            profile, profile.nonzero()[0], self.centroids_by_feature, self.sizes, self.starts, self.row_starts, self.data, self.indices, self.items, budget, n
+        )
 
 
 class LinearScores:

@@ -1,0 +1,244 @@
+"""Compiled inner loops of a request's retrieval (numba), for the few steps whose numpy form is a
+chain of a dozen small array operations per request.
+
+Why: a known shopper's request asks every source of a blend for its best few hundred items and
+fuses them; in numpy each step is 5-15 calls of 1-20 µs on arrays of a few thousand entries, and
+the sum of those calls, not the arithmetic, was most of a request's cost (see BENCHMARKS.md
+"serving"). Each kernel here does one step in one pass over its entries.
+
+Every kernel computes exactly what the numpy code it replaced computed, in the same order, so
+results are bit-identical (tested against those references in tests/models/test_kernels.py),
+with one documented exception: ``cluster_scores`` sums each item's products left to right, where
+``np.add.reduceat`` summed rows of eight or more entries pairwise (the last bit can differ; that
+path was already an approximation of ``X @ p``, summed in another order).
+
+numba compiles each kernel on its first call (seconds; the compiled code is cached on disk beside
+this file, or in the user's cache directory where that is read-only), which is why serving warms
+them when a bundle loads (``warm``). Callers import this module where they first need it, so
+importing shelf does not import numba.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numba
+import numpy as np
+
+_jit = numba.njit(cache=True, nogil=True)
+
+
+@_jit
+def top_by_key(values: Any, keys: Any, n: int) -> Any:
+    """Positions of the ``n`` largest ``values`` (all finite), best first, ties to the lower key
+    (``keys`` unique, so the order is exact)."""
+    m = len(values)
+    n = max(0, min(n, m))
+    if n == 0:
+        return np.empty(0, dtype=np.int64)
+    if n < m:
+        kth = -np.partition(-values, n - 1)[n - 1]
+        above = 0
+        tied_count = 0
+        for i in range(m):
+            if values[i] > kth:
+                above += 1
+            elif values[i] == kth:
+                tied_count += 1
+        chosen = np.empty(n, dtype=np.int64)
+        tied = np.empty(tied_count, dtype=np.int64)
+        c = 0
+        t = 0
+        for i in range(m):
+            if values[i] > kth:
+                chosen[c] = i
+                c += 1
+            elif values[i] == kth:
+                tied[t] = i
+                t += 1
+        if tied_count > n - above:
+            tied = tied[np.argsort(keys[tied])[: n - above]]
+        for i in tied:
+            chosen[c] = i
+            c += 1
+    else:
+        chosen = np.arange(m)
+    # Best first; runs of equal values then ordered by key.
+    chosen = chosen[np.argsort(-values[chosen])]
+    start = 0
+    while start < n:
+        end = start + 1
+        while end < n and values[chosen[end]] == values[chosen[start]]:
+            end += 1
+        if end - start > 1:
+            run = chosen[start:end]
+            chosen[start:end] = run[np.argsort(keys[run])]
+        start = end
+    return chosen
+
+
+@_jit
+def cluster_top(profile: Any, used: Any, centroids_by_feature: Any, sizes: Any, starts: Any, row_starts: Any, data: Any, indices: Any, items: Any, budget: int, n: int) -> Any:
+    """``ItemClusters.top``: the best ``n`` positive scores (ties to the lower item) among the
+    items of the clusters closest to ``profile``, taken in closeness order until they hold
+    ``budget`` items; each item's products summed left to right in float32."""
+    n_clusters = centroids_by_feature.shape[1]
+    close = np.zeros(n_clusters, dtype=np.float32)
+    for f in used:
+        w = profile[f]
+        row = centroids_by_feature[f]
+        for c in range(n_clusters):
+            close[c] += w * row[c]
+    # The closest clusters one at a time (a few of hundreds: cheaper than sorting them all);
+    # ties go to the lower cluster, as a stable sort would.
+    taken = np.zeros(n_clusters, dtype=np.bool_)
+    chosen = np.empty(n_clusters, dtype=np.int64)
+    reach = 0
+    total = 0
+    while total < budget and reach < n_clusters:
+        best = -1
+        for c in range(n_clusters):
+            if not taken[c] and (best < 0 or close[c] > close[best]):
+                best = c
+        taken[best] = True
+        chosen[reach] = best
+        reach += 1
+        total += sizes[best]
+    out_items = np.empty(total, dtype=np.int64)
+    out_values = np.empty(total, dtype=np.float32)
+    m = 0
+    for r in range(reach):
+        c = chosen[r]
+        for row in range(starts[c], starts[c + 1]):
+            s = np.float32(0.0)
+            for e in range(row_starts[row], row_starts[row + 1]):
+                s += data[e] * profile[indices[e]]
+            if s > 0:
+                out_items[m] = items[row]
+                out_values[m] = s
+                m += 1
+    pos = top_by_key(out_values[:m], out_items[:m], n)
+    return out_items[pos], out_values[pos]
+
+
+@_jit
+def _slots(capacity: int) -> Any:
+    """An empty open-addressing table: keys (-1: free) for ``capacity`` entries at most half full."""
+    size = 16
+    while size < 2 * capacity:
+        size *= 2
+    return np.full(size, -1, dtype=np.int64)
+
+
+@_jit
+def _slot(table: Any, key: int) -> int:
+    """The slot holding ``key``, or the free slot where it goes (linear probing)."""
+    mask = len(table) - 1
+    h = (key * 0x9E3779B1) & mask  # multiplicative hashing: item indices are dense integers
+    while table[h] != -1 and table[h] != key:
+        h = (h + 1) & mask
+    return h
+
+
+@_jit
+def fuse(items: Any, contributions: Any, sources: Any, seen: Any, n: int) -> Any:
+    """``BlendRetriever._fuse`` over entries given source after source: per item the sum of its
+    contributions in source order (float64, as summing a sources × items table down its source
+    axis does: an absent source adds 0), the source that contributed most (the first on ties),
+    items with a sum > 0 that are not ``seen``; the best ``n``, ties to the lower item.
+
+    Entries are grouped in a small hash table in the order given, so each item's sum runs in
+    source order; catalogue-sized accumulators touched at random, or a sort, cost more.
+    """
+    m = len(items)
+    table = _slots(m)
+    group = np.empty(len(table), dtype=np.int64)
+    unique = np.empty(m, dtype=np.int64)
+    fused = np.zeros(m, dtype=np.float64)
+    tops = np.empty(m, dtype=np.float64)
+    best = np.empty(m, dtype=np.int64)
+    g = 0
+    for e in range(m):
+        item = items[e]
+        h = _slot(table, item)
+        c = contributions[e]
+        if table[h] == -1:
+            table[h] = item
+            group[h] = g
+            unique[g] = item
+            tops[g] = c
+            best[g] = sources[e]
+            fused[g] = c
+            g += 1
+        else:
+            k = group[h]
+            fused[k] += c
+            if c > tops[k]:
+                tops[k] = c
+                best[k] = sources[e]
+    keep = np.ones(g, dtype=np.bool_)
+    for i in seen:  # seen items never win here
+        h = _slot(table, i)
+        if table[h] == i:
+            keep[group[h]] = False
+    k = 0
+    for j in range(g):
+        if keep[j] and fused[j] > 0:
+            unique[k] = unique[j]
+            fused[k] = fused[j]
+            best[k] = best[j]
+            k += 1
+    unique, fused, best = unique[:k], fused[:k], best[:k]
+    pos = top_by_key(fused, unique, n)
+    return unique[pos], fused[pos], best[pos]
+
+
+@_jit
+def group_columns(indptr: Any, indices: Any, data: Any, rows: Any, weights: Any) -> Any:
+    """``sum_k weights[k] * matrix[rows[k]]`` by column, columns in order of first appearance:
+    each product rounded to the matrix's dtype, then every column's products summed in input
+    order in float64 (what ``np.bincount`` does). ``scores.weighted_rows`` sorts the columns."""
+    total = 0
+    for r in rows:
+        total += indptr[r + 1] - indptr[r]
+    table = _slots(total)
+    group = np.empty(len(table), dtype=np.int64)
+    columns = np.empty(total, dtype=np.int64)
+    sums = np.zeros(total, dtype=np.float64)
+    g = 0
+    for k in range(len(rows)):
+        r = rows[k]
+        w = weights[k]
+        for p in range(indptr[r], indptr[r + 1]):
+            col = np.int64(indices[p])
+            h = _slot(table, col)
+            if table[h] == -1:
+                table[h] = col
+                group[h] = g
+                columns[g] = col
+                g += 1
+            sums[group[h]] += data[p] * w  # the product in the matrix's dtype, then widened
+    return columns[:g], sums[:g]
+
+
+def warm() -> None:
+    """Compile (or load from numba's on-disk cache) every kernel for the argument types serving
+    passes, on tiny inputs: serving calls this when it loads a bundle, so no request pays for a
+    compilation (seconds on a machine whose cache is cold); ``make`` runs it after installing."""
+    i32, i64, f32, f64 = np.int32, np.int64, np.float32, np.float64
+    one = np.ones(1, dtype=i64)
+    for values in (np.ones(2, dtype=f32), np.ones(2, dtype=f64)):
+        top_by_key(values, np.arange(2, dtype=i64), 1)
+    fuse(np.arange(2, dtype=i64), np.ones(2, dtype=f64), np.zeros(2, dtype=i64), np.empty(0, dtype=i64), 1)
+    for ptr_type in (i32, i64):
+        for data_type in (f32, f64):
+            group_columns(np.array([0, 1], dtype=ptr_type), np.zeros(1, dtype=i32), np.ones(1, dtype=data_type), np.zeros(1, dtype=i64), np.ones(1, dtype=data_type))
+    profile = np.ones(1, dtype=f32)
+    cluster_top(
+        profile, np.zeros(1, dtype=i64), np.ones((1, 1), dtype=f32), one, np.array([0, 1], dtype=i64),
+        np.array([0, 1], dtype=i64), np.ones(1, dtype=f32), np.zeros(1, dtype=i32), np.zeros(1, dtype=i64), 1, 1,
+    )
+
+
+if __name__ == "__main__":
+    warm()

@@ -1,0 +1,139 @@
+"""The compiled request kernels against the numpy code they replaced (kept here as references).
+
+Each reference is the numpy form the serving path ran before ``shelf.models.retrieval.kernels``;
+the kernels must give the same items, in the same order, with bit-identical floats (the cluster
+scan excepted: it sums each item's products left to right, numpy's reduceat summed pairwise).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from shelf.models.retrieval import kernels
+from shelf.models.retrieval.scores import ItemClusters, weighted_rows
+
+
+def _unique_inverse(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return np.unique(values, return_inverse=True)  # type: ignore[no-any-return]
+
+
+def _reference_fuse(idx_parts: list[np.ndarray], contrib_parts: list[np.ndarray], src_parts: list[np.ndarray], n_sources: int, seen: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``BlendRetriever._fuse`` before the kernel: a dense sources × candidates table."""
+    items, inverse = _unique_inverse(np.concatenate(idx_parts))
+    table = np.zeros((n_sources, len(items)), dtype=np.float64)
+    table[np.concatenate(src_parts), inverse] = np.concatenate(contrib_parts)
+    fused = np.add.reduce(table, axis=0)
+    keep = fused > 0
+    if len(seen):
+        keep &= ~np.isin(items, seen)
+    items, fused, table = items[keep], fused[keep], table[:, keep]
+    pos = np.lexsort((items, -fused))[:n]
+    return items[pos], fused[pos], table[:, pos].argmax(axis=0)
+
+
+def _reference_weighted_rows(matrix: sp.csr_matrix, rows: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``scores.weighted_rows`` before the kernel: gather, round each product, bincount."""
+    ptr, indices, data = matrix.indptr, matrix.indices, matrix.data
+    starts = ptr[rows]
+    lengths = ptr[rows + 1] - starts
+    ends = lengths.cumsum()
+    total = int(ends[-1]) if len(ends) else 0
+    if total == 0:
+        return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float64)
+    positions = np.arange(total, dtype=np.int64) + (starts - (ends - lengths)).repeat(lengths)
+    scaled = data[positions] * np.asarray(weights, dtype=np.float64).astype(data.dtype).repeat(lengths)
+    idx, inverse = _unique_inverse(indices[positions])
+    return idx.astype(np.int64), np.bincount(inverse, weights=scaled, minlength=len(idx))
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_fuse_is_the_dense_table(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    n_items, n_sources = int(rng.integers(1, 300)), int(rng.integers(1, 6))
+    idx_parts, contrib_parts, src_parts = [], [], []
+    for s in range(n_sources):
+        if rng.random() < 0.2:
+            continue  # a source that proposed nothing
+        listed = rng.permutation(n_items)[: rng.integers(1, n_items + 1)]
+        # Coarse contributions: plenty of ties, within and across sources; some exact zeros.
+        contrib = rng.integers(0, 4, len(listed)) / 4.0 if rng.random() < 0.5 else 1.0 / (10.0 + np.arange(1, len(listed) + 1))
+        idx_parts.append(listed.astype(np.int64))
+        contrib_parts.append(np.asarray(contrib, dtype=np.float64))
+        src_parts.append(np.full(len(listed), s, dtype=np.int64))
+    if not idx_parts:
+        return
+    seen = rng.choice(n_items, min(n_items, int(rng.integers(0, 10))), replace=False).astype(np.int64)
+    n = int(rng.integers(0, n_items + 5))
+    got = kernels.fuse(np.concatenate(idx_parts), np.concatenate(contrib_parts), np.concatenate(src_parts), seen, n)
+    want = _reference_fuse(idx_parts, contrib_parts, src_parts, n_sources, seen, n)
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_array_equal(g, w)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_weighted_rows_is_the_bincount(dtype: type) -> None:
+    rng = np.random.default_rng(1)
+    for width in (7, 50, 5000):
+        matrix = sp.random(300, width, density=0.05, format="csr", dtype=dtype, random_state=2)
+        for size in (0, 1, 3, 30, 200):
+            rows = rng.integers(0, 300, size).astype(np.int64)  # repeats included
+            weights = rng.random(size)
+            got, want = weighted_rows(matrix, rows, weights), _reference_weighted_rows(matrix, rows, weights)
+            np.testing.assert_array_equal(got[0], want[0])
+            np.testing.assert_array_equal(got[1], want[1])  # bit-identical sums
+            assert got[0].dtype == np.int64 and got[1].dtype == np.float64
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_top_by_key_is_a_lexsort(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    m = int(rng.integers(0, 400))
+    values = (rng.integers(0, 6, m) / 3.0).astype(np.float32 if seed % 2 else np.float64)  # many ties
+    keys = rng.permutation(10 * m + 1)[:m].astype(np.int64)
+    for n in (0, 1, 7, m // 2, m, m + 3):
+        np.testing.assert_array_equal(kernels.top_by_key(values, keys, n), np.lexsort((keys, -values))[:n])
+
+
+def _reference_cluster_top(clusters: ItemClusters, profile: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The clusters' answer spelled out: closeness, clusters in order until the budget, each
+    item's products summed left to right in float32, best n (ties to the lower item)."""
+    used = profile.nonzero()[0]
+    close = np.zeros(clusters.centroids_by_feature.shape[1], dtype=np.float32)
+    for f in used:
+        close += profile[f] * clusters.centroids_by_feature[f]
+    order = np.argsort(-close, kind="stable")
+    budget = max(clusters.candidate_factor * n, clusters.min_candidates)
+    reach = int(np.searchsorted(clusters.sizes[order].cumsum(), budget)) + 1
+    items, values = [], []
+    for c in order[:reach]:
+        for row in range(clusters.starts[c], clusters.starts[c + 1]):
+            s = np.float32(0.0)
+            for e in range(clusters.row_starts[row], clusters.row_starts[row + 1]):
+                s = np.float32(s + clusters.data[e] * profile[clusters.indices[e]])
+            if s > 0:
+                items.append(int(clusters.items[row]))
+                values.append(s)
+    items_a, values_a = np.array(items, dtype=np.int64), np.array(values, dtype=np.float32)
+    pos = np.lexsort((items_a, -values_a))[:n]
+    return items_a[pos], values_a[pos]
+
+
+def test_cluster_top_is_the_spelled_out_scan() -> None:
+    rng = np.random.default_rng(3)
+    n_items, n_features, n_clusters = 400, 30, 12
+    matrix = sp.random(n_items, n_features, density=0.2, format="csr", dtype=np.float32, random_state=4)
+    matrix.data = np.round(matrix.data * 4) / 4 + 0.25  # coarse values: tied scores
+    cluster_of = rng.integers(-1, n_clusters, n_items)
+    centroids = rng.random((n_clusters, n_features)).astype(np.float32)
+    for factor, floor in ((1, 1), (3, 10), (10, 1000)):
+        clusters = ItemClusters(matrix, cluster_of, centroids, candidate_factor=factor, min_candidates=floor)
+        for _ in range(10):
+            profile = np.zeros(n_features, dtype=np.float32)
+            used = rng.choice(n_features, rng.integers(1, 10), replace=False)
+            profile[used] = (rng.integers(1, 4, len(used)) / 4).astype(np.float32)
+            for n in (1, 5, 40):
+                got, want = clusters.top(profile, n), _reference_cluster_top(clusters, profile, n)
+                np.testing.assert_array_equal(got[0], want[0])
+                np.testing.assert_array_equal(got[1], want[1])
