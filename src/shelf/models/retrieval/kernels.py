@@ -25,7 +25,15 @@ from typing import Any
 import numba
 import numpy as np
 
-_jit = numba.njit(cache=True, nogil=True)
+
+def _jit(function: Any) -> Any:
+    """Compiled, cached on disk where numba finds a writable place (beside this file, then the
+    user's cache directory, or ``NUMBA_CACHE_DIR``); where it finds none (a read-only container)
+    each process compiles for itself rather than failing to import."""
+    try:
+        return numba.njit(cache=True, nogil=True)(function)
+    except RuntimeError:  # "cannot cache function ...: no locator available"
+        return numba.njit(cache=False, nogil=True)(function)
 
 
 @_jit
