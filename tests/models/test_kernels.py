@@ -120,14 +120,15 @@ def _reference_cluster_top(clusters: ItemClusters, profile: np.ndarray, n: int) 
     return items_a[pos], values_a[pos]
 
 
-def test_cluster_top_is_the_spelled_out_scan() -> None:
+@pytest.mark.parametrize("n_clusters", [12, 80])  # 80: past SELECT_CLUSTERS, the sorted order
+def test_cluster_top_is_the_spelled_out_scan(n_clusters: int) -> None:
     rng = np.random.default_rng(3)
-    n_items, n_features, n_clusters = 400, 30, 12
+    n_items, n_features = 400, 30
     matrix = sp.random(n_items, n_features, density=0.2, format="csr", dtype=np.float32, random_state=4)
     matrix.data = np.round(matrix.data * 4) / 4 + 0.25  # coarse values: tied scores
     cluster_of = rng.integers(-1, n_clusters, n_items)
     centroids = rng.random((n_clusters, n_features)).astype(np.float32)
-    for factor, floor in ((1, 1), (3, 10), (10, 1000)):
+    for factor, floor in ((1, 1), (3, 10), (10, 1000), (1, 10**6)):
         clusters = ItemClusters(matrix, cluster_of, centroids, candidate_factor=factor, min_candidates=floor)
         for _ in range(10):
             profile = np.zeros(n_features, dtype=np.float32)

@@ -8,9 +8,11 @@ the sum of those calls, not the arithmetic, was most of a request's cost (see BE
 
 Every kernel computes exactly what the numpy code it replaced computed, in the same order, so
 results are bit-identical (tested against those references in tests/models/test_kernels.py),
-with one documented exception: ``cluster_scores`` sums each item's products left to right, where
-``np.add.reduceat`` summed rows of eight or more entries pairwise (the last bit can differ; that
-path was already an approximation of ``X @ p``, summed in another order).
+with one documented exception: ``cluster_top`` sums the clusters' closeness and each item's
+score left to right in float32, where numpy summed them in BLAS's and reduceat's pairwise order
+(a last bit can differ, so near-tied clusters or items can swap; that path was already an
+approximation of ``X @ p``, summed in another order; its own reference is spelled out in the
+tests).
 
 numba compiles each kernel on its first call (seconds; the compiled code is cached on disk beside
 this file, or in the user's cache directory where that is read-only), which is why serving warms
@@ -24,6 +26,8 @@ from typing import Any
 
 import numba
 import numpy as np
+
+SELECT_CLUSTERS = 32  # cluster_top picks up to this many clusters by selection, then sorts
 
 
 def _jit(function: Any) -> Any:
@@ -97,13 +101,14 @@ def cluster_top(profile: Any, used: Any, centroids_by_feature: Any, sizes: Any, 
         row = centroids_by_feature[f]
         for c in range(n_clusters):
             close[c] += w * row[c]
-    # The closest clusters one at a time (a few of hundreds: cheaper than sorting them all);
-    # ties go to the lower cluster, as a stable sort would.
+    # The closest clusters one at a time (a request needs a few of hundreds: cheaper than sorting
+    # them all), ties to the lower cluster, as a stable sort orders them; past SELECT_CLUSTERS
+    # (a budget near the catalogue size) the stable sort, whose first clusters are the same.
     taken = np.zeros(n_clusters, dtype=np.bool_)
     chosen = np.empty(n_clusters, dtype=np.int64)
     reach = 0
     total = 0
-    while total < budget and reach < n_clusters:
+    while total < budget and reach < min(n_clusters, SELECT_CLUSTERS):
         best = -1
         for c in range(n_clusters):
             if not taken[c] and (best < 0 or close[c] > close[best]):
@@ -112,6 +117,12 @@ def cluster_top(profile: Any, used: Any, centroids_by_feature: Any, sizes: Any, 
         chosen[reach] = best
         reach += 1
         total += sizes[best]
+    if total < budget and reach < n_clusters:
+        order = np.argsort(-close, kind="mergesort")
+        while total < budget and reach < n_clusters:
+            chosen[reach] = order[reach]
+            total += sizes[order[reach]]
+            reach += 1
     out_items = np.empty(total, dtype=np.int64)
     out_values = np.empty(total, dtype=np.float32)
     m = 0
