@@ -226,6 +226,9 @@ def run_case(case: Any, work: Path, requests: int, log: list[str]) -> str:
         vlines.append(f"| {name}{' ← chosen' if name == choice else ''} | {vres.value(name, 'ndcg', 10, 'all'):.4f} | "
                       f"{vres.value(name, 'ndcg', 10, 'new'):.4f} | {ece} |")
 
+    if VALIDATION_ONLY[0]:
+        return "\n".join([f"### {case.name} (validation grid only)", "", *vlines, ""])
+
     # 2. the test cut, once
     kept: list[Any] = []
     name = f"shelf-twostage (N={n_best}, {ranker_best}, w={w_best:g})"
@@ -299,6 +302,7 @@ def run_case(case: Any, work: Path, requests: int, log: list[str]) -> str:
 
 
 _OVERRIDE: dict[str, float] = {}  # --n-cuts / --spacing from the command line
+VALIDATION_ONLY = [False]  # --validation-only
 
 
 def cuts_of(case_name: str) -> dict[str, float]:
@@ -313,7 +317,20 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--n-cuts", type=int, default=None, help="most request moments replayed in the training window (default: per case)")
     parser.add_argument("--spacing", type=float, default=None, help="spacing of request moments, as a fraction of the label window (default: per case)")
     parser.add_argument("--section", default="twostage", help="BENCHMARKS.md section name (one per concurrent run)")
+    # Write the section into a copy instead of BENCHMARKS.md (trying changes without touching the
+    # published figures); the copy starts from BENCHMARKS.md when it does not exist yet.
+    parser.add_argument("--out", default=None, help="write the section into this copy of BENCHMARKS.md")
+    # Stop after the validation grid: iterating on choices must never look at the test cut.
+    parser.add_argument("--validation-only", action="store_true", help="run the validation grid only (no test cut)")
     args, _ = parser.parse_known_args(argv)
+    if args.out:
+        import bench.common as common
+
+        out = Path(args.out)
+        if not out.exists() and common.BENCHMARKS.exists():
+            shutil.copyfile(common.BENCHMARKS, out)
+        common.BENCHMARKS = out
+    VALIDATION_ONLY[0] = args.validation_only
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     if not SHARED_DATA.is_dir():

@@ -242,14 +242,16 @@ class PopularityRetriever(RetrieverBase):
                     cache.popitem(last=False)
         return found
 
-    def warm(self, now: datetime | None = None) -> int:
+    def warm(self, now: datetime | None = None, *, clock: bool = True) -> int:
         """Rank ahead of traffic the segments requests at ``now`` will ask for: each training
         shopper's (region, age band), and each region a request may name, in the current
-        time-of-day band. Serving calls it when it loads a bundle, so the first requests of
-        each segment do not pay for ranking a catalogue-sized vector (milliseconds each, in the
-        latency tail). Bounded to half the ranked cache; returns how many were ranked."""
+        time-of-day band (``clock=False``: with no band, for callers that ask without the
+        request's clock, as a two-stage model's retrieval stage does). Serving calls it when it
+        loads a bundle, so the first requests of each segment do not pay for ranking a
+        catalogue-sized vector (milliseconds each, in the latency tail). Bounded to half the
+        ranked cache; returns how many were ranked."""
         super().warm()
-        when = Query(context=Context(timestamp=now or datetime.now(UTC)))
+        when = Query(context=Context(timestamp=(now or datetime.now(UTC)) if clock else None))
         base = self._segment_codes(when)  # the time-of-day band, when segmented by it
         combos: set[tuple[tuple[str, int], ...]] = {tuple(sorted(base.items()))}
         columns = [c for c in ("region", "age_band") if c in self.segment_values_ and c in self.user_segments_]
