@@ -453,7 +453,9 @@ server share the machine (the client, on uvloop, used {min(CLIENT_BUSY):.0%} to 
 Open-loop latency is measured from each request's scheduled send time (no coordinated omission). Requests mix
 known users, sessions and anonymous visitors in equal thirds; in-process figures ask for 40 candidates (k=10 times
 `candidates_per_slot`) and exclude HTTP and reranking. Each source answers with its own candidate list
-(`shelf.models.retrieval.scores`): repeat, co-occurrence and popularity cost O(candidates) per request. Content
+(`shelf.models.retrieval.scores`): repeat, co-occurrence and popularity cost O(candidates) per request; the
+fusion, the co-occurrence and content row sums and the content cluster scan are compiled (numba,
+`shelf.models.retrieval.kernels`: one pass each instead of a dozen small numpy calls). Content
 is the costly one on this shop: the simulator's catalogue has a small vocabulary of broad features (267 features
 over {args.items:,} items: a price band, two category levels, a brand, title words shared by thousands of items), so
 a shopper's profile touches most of the catalogue and max-score pruning cannot skip anything; on catalogues of
