@@ -613,17 +613,21 @@ def _demo_serve(app: _App, lake: Any, port: int) -> None:
 @click.option("--port", type=int, default=8000, show_default=True)
 @click.option("--access-log/--no-access-log", default=False, show_default=True,
               help="One log line per request (costs throughput at peak; /metrics has per-route latency histograms either way).")
+@click.option("--limit-concurrency", type=click.IntRange(min=1), default=None,
+              help="Answer 503 at once (uvicorn's own response, before the app) once this many connections "
+                   "(the asking one included) or requests are open, instead of queueing without bound: overload sheds load fast, with no "
+                   "event acknowledged (clients retry). Size it above the callers' keep-alive pool. Default: no limit.")
 @click.pass_context
-def serve(ctx: click.Context, host: str, port: int, access_log: bool) -> None:
+def serve(ctx: click.Context, host: str, port: int, access_log: bool, limit_concurrency: int | None) -> None:
     """Run the HTTP API (events, recommendations, similar items) on the promoted bundle.
 
     One process per workspace (it holds the write-ahead log's lock); stop it with Ctrl-C or
     SIGTERM, which drains requests in flight. Create a key first: shelf keys create --role admin.
     """
-    _serve(_app(ctx), host, port, access_log=access_log)
+    _serve(_app(ctx), host, port, access_log=access_log, limit_concurrency=limit_concurrency)
 
 
-def _serve(app: _App, host: str, port: int, *, access_log: bool = False) -> None:
+def _serve(app: _App, host: str, port: int, *, access_log: bool = False, limit_concurrency: int | None = None) -> None:
     try:
         import uvicorn
 
@@ -639,7 +643,7 @@ def _serve(app: _App, host: str, port: int, *, access_log: bool = False) -> None
     click.echo(f"shelf serving {app.settings.home.resolve()} on http://{host}:{port} (docs: /docs)", err=True)
     # loop/http stay "auto": uvloop and httptools (uvicorn[standard]) where installed, as benchmarked.
     uvicorn.run(create_app(app.settings), host=host, port=port, log_level="info", access_log=access_log,
-                timeout_graceful_shutdown=10)
+                timeout_graceful_shutdown=10, limit_concurrency=limit_concurrency)
 
 
 @main.group()

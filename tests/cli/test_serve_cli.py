@@ -76,3 +76,34 @@ def test_shelf_serve_answers_with_a_created_key_and_stops_on_sigterm(tmp_path: P
         stderr = server.stderr.read().decode()
         server.stderr.close()
     assert "Traceback" not in stderr, stderr
+
+
+def test_limit_concurrency_sheds_load_with_503(tmp_path: Path) -> None:
+    """Once --limit-concurrency connections are open (the asking one included), requests get an
+    immediate 503 (retry later) instead of queueing; under the limit they are served."""
+    home = tmp_path / "home"
+    secret = shelf(home, "keys", "create", "--role", "admin").stdout.strip().splitlines()[-1]
+    port = free_port()
+    env = os.environ | {"SHELF_PSEUDONYM_KEY": SECRET, "SHELF_DEV": "0"}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "shelf.cli", "--home", str(home), "serve", "--port", str(port), "--limit-concurrency", "2"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    headers = {"Authorization": f"Bearer {secret}"}
+    clients = [httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5, headers=headers) for _ in range(3)]
+    try:
+        wait_ready(clients[0], server)
+        assert clients[0].get("/recommendations").status_code == 200  # one open connection: served
+        assert clients[1].get("/recommendations").status_code == 503  # a second open connection: shed
+        clients[1].close()
+        assert clients[0].get("/recommendations").status_code == 200  # back under the limit
+    finally:
+        for client in clients:
+            client.close()
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(timeout=20)
+        finally:
+            if server.poll() is None:
+                server.kill()
+                server.wait(timeout=10)
