@@ -272,7 +272,7 @@ class ItemClusters:
     over every feature read the whole matrix, ~15 ms per request at 1M items), takes the clusters
     in that order until they hold ``max(candidate_factor * n, min_candidates)`` items, and scores exactly those items from a copy
     of their rows laid out cluster by cluster (contiguous slices), all in one compiled pass
-    (``kernels.cluster_scores``). Items in clusters further from the profile are not looked at:
+    (``kernels.cluster_top``). Items in clusters further from the profile are not looked at:
     that is the approximation. Scores are float32 sums of the same products as ``X @ p``, each
     row summed left to right, so a value can differ from ``dense()``'s in its last bit.
     """
@@ -300,9 +300,8 @@ class ItemClusters:
             return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32)
         from shelf.models.retrieval.kernels import cluster_top
 
-        # One compiled pass (closeness, cluster order, the chosen clusters' rows, a bounded heap
-        # of the best n): the numpy form was ~15 array operations on ~20k entries, ~150 µs of a
-        # known shopper's request.
+        # One compiled pass (closeness, cluster order, the chosen clusters' rows, the best n): the
+        # numpy form was ~15 array operations on ~20k entries, ~150 µs of a known shopper's request.
         budget = max(self.candidate_factor * n, self.min_candidates)
         return cluster_top(  # type: ignore[no-any-return]
             profile, profile.nonzero()[0], self.centroids_by_feature, self.sizes, self.starts, self.row_starts, self.data, self.indices, self.items, budget, n
