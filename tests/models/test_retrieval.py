@@ -190,6 +190,30 @@ def test_blend_tuning_picks_a_fusion(data: Interactions) -> None:
     assert blend.fusion_ == report.fusion in ("rrf", "score")
 
 
+def test_as_tuned_refits_with_the_tuning_outcome_without_tuning(data: Interactions, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``as_tuned`` carries weights, fusion and the seen-items rule; its fit never tunes, and on
+    the same data it answers exactly as the tuned blend does."""
+    from shelf.models.retrieval import tuning
+
+    tuned = default_blend(seed=0).fit(data)
+    tuned.demote_seen_ = True  # as tuning sets it where shoppers never come back (carried too)
+    calls: list[int] = []
+    real = tuning.tune_weights
+    monkeypatch.setattr(tuning, "tune_weights", lambda *a, **k: calls.append(1) or real(*a, **k))
+    again = tuned.as_tuned()
+    assert not again.is_fitted and again.config.tune is False
+    again.fit(data)
+    assert calls == [] and again.tuning_report_ is None
+    assert (again.weights_, again.session_weights_, again.fusion_, again.demote_seen_) == (
+        tuned.weights_, tuned.session_weights_, tuned.fusion_, True)
+    users = np.arange(min(8, data.n_users))
+    np.testing.assert_array_equal(again.score_users(users), tuned.score_users(users))
+    for u in users.tolist():
+        query = Query(user_id=str(data.users.ids[u]))
+        a, b = again.retrieve(query, 15), tuned.retrieve(query, 15)
+        assert a.items.tolist() == b.items.tolist() and np.array_equal(a.scores, b.scores)
+
+
 def test_blend_fold_in_reaches_sources(data: Interactions) -> None:
     blend = default_blend(seed=0).fit(data)
     blend.fold_in("u_fresh", ["item0", "item4"], ["purchase", "purchase"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import timedelta
 from pathlib import Path
 
@@ -387,3 +388,20 @@ def test_warm_ranks_the_retrieval_stages_unbanded_popularity(fitted: TwoStage) -
     for source in banded:
         _, cache = source.__dict__["_ranked_cache"]
         assert any("time_of_day" not in dict(key) for key in cache), "no segment ranked without a band"
+
+
+def test_the_blend_is_tuned_once_and_every_moment_refits_with_that_outcome(split: UserSplit, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Per-moment re-tuning made the fused score mean something different at every moment (a
+    feature the ranker could not use) and cost several fits per moment."""
+    from shelf.models.retrieval import tuning
+
+    calls: list[int] = []
+    real = tuning.tune_weights
+    monkeypatch.setattr(tuning, "tune_weights", lambda *a, **k: calls.append(1) or real(*a, **k))
+    blend = small_blend()
+    blend.config = dataclasses.replace(blend.config, tune=True)
+    model = TwoStage(blend, NeuralRanker(NeuralRankerConfig(max_epochs=1, hidden=(8,))),
+                     config=TwoStageConfig(n_candidates=30, label_window_s=WINDOW, negatives_per_positive=5)).fit(split.train)
+    assert len(model.fit_stats_["cuts"]) >= 2
+    assert len(calls) == 1, f"tuned {len(calls)} times"
+    assert model.retriever.config.tune and model.retriever.tuning_report_ is not None  # the served one is tuned

@@ -12,17 +12,19 @@
   (``ranker_weight`` w; ``prior`` is the engagement rate at each retrieval position), calibrated
   on the held training cuts; items are returned by that score (ties broken by the raw logit, then
   the retrieval position). w = 0 is exactly the retriever's order, with calibrated probabilities.
-* **training** (``fit``): the same protocol as a temporal evaluation, replayed inside the
-  training window. At each of ``n_cuts`` request moments ``c_k = end - window - k * spacing``
-  (every label window ends inside the data) the
-  retriever is fitted on the events before ``c_k`` only; every shopper with history before
+* **training** (``fit``): the retriever is fitted on the full window first (the one served; a
+  blend tunes its weights and fusion there, once). Then the same protocol as a temporal
+  evaluation, replayed inside the training window. At each of ``n_cuts`` request moments
+  ``c_k = end - window - k * spacing`` (every label window ends inside the data) the
+  retriever is fitted on the events before ``c_k`` only (a blend with the tuning's outcome,
+  ``BlendRetriever.as_tuned``: its fused score means the same at every moment); every shopper with history before
   ``c_k`` who comes back in ``[c_k, c_k + label_window)`` is a request; the retriever's actual
   candidates for them are the examples (positives: engaged in the window; negatives: sampled
   from the rest of the candidates, weighted by the inverse sampling rate); features are
   point-in-time at ``c_k``. The ranker trains on the earlier cuts and early-stops and calibrates
   on the *held cuts*: the latest request moments holding at least ``validation_share`` of the
-  requests (at least the last moment; a temporal validation cut). The retriever is then refitted
-  on the full window and the online feature state is loaded with it.
+  requests (at least the last moment; a temporal validation cut). The online feature state is
+  then loaded with the full window.
 
 Requests are shoppers who come back in the window (the moment a recommendation is asked for):
 probabilities are conditional on a visit, as are the evaluation runner's calibration metrics
@@ -529,13 +531,20 @@ class TwoStage:
         return users
 
     def fit(self, data: Interactions) -> Self:
-        """Learn on ``data`` (see the module docstring); refits the retriever on all of it last."""
+        """Learn on ``data`` (see the module docstring): the retriever on all of it, then the ranker."""
         c = self.config
         if len(data) == 0:
             raise ModelFitError("TwoStage: no events to learn from")
         rng = np.random.default_rng(c.seed)
         events = events_table(data)
         started = time.perf_counter()
+        # The served retriever first: a blend tunes its weights and fusion once, here, and every
+        # request moment below refits it with that outcome (``as_tuned``) instead of re-tuning on
+        # each slice, so its fused score means the same at every moment and at serving (re-tuned
+        # per moment it ranged over orders of magnitude: a ranker feature that meant nothing).
+        final = copy.deepcopy(self._retriever_template)
+        final.fit(data)
+        template = final.as_tuned() if hasattr(final, "as_tuned") else self._retriever_template
         candidates: dict[tuple[str, int], RankCandidates] = {}
         request_rows: list[tuple[str, int]] = []
         outside_hits = outside_slots = 0.0
@@ -551,7 +560,7 @@ class TwoStage:
                 item_table=_before(data.item_table, "valid_from", when),
                 user_table=_before(data.user_table, "valid_from", when),
             )
-            retriever = copy.deepcopy(self._retriever_template)
+            retriever = copy.deepcopy(template)
             try:
                 retriever.fit(sub)
             except ModelFitError:
@@ -600,9 +609,7 @@ class TwoStage:
         ranker = _fit_ranker(self.ranker, ranking, start)
         self.interpolation_ = Interpolation.fit(ranker, ranking, c.ranker_weight, ranker.config.calibration, start)
         ranked = time.perf_counter()
-        retriever = copy.deepcopy(self._retriever_template)
-        retriever.fit(data)
-        self.retriever = retriever
+        self.retriever = final
         self.ranker_ = ranker
         self.ranking_set_ = ranking  # without the purged moments
         self.held_from_us_ = start
