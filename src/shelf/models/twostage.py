@@ -57,7 +57,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import inspect
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -675,11 +674,12 @@ class TwoStage:
         """Before the first request: rank the retrieval stage's popularity segments as it is asked
         (without the request's clock, ``retrieval_query``); serving warms each source itself too,
         but for the clock's time-of-day band, which this stage never asks for."""
+        from shelf.models.retrieval.popularity import PopularityRetriever
+
         sources = getattr(self.retriever, "active_sources", None) or {"retriever": self.retriever}
         for source in sources.values():
-            warm = getattr(source, "warm", None)
-            if callable(warm) and "clock" in inspect.signature(warm).parameters:
-                warm(clock=False)
+            if isinstance(source, PopularityRetriever):
+                source.warm(clock=False)
 
     def rank(self, query: Query, n: int | None = None) -> tuple[RankCandidates, np.ndarray, np.ndarray]:
         """``(candidates, probabilities, order)``: ``order`` lists candidate positions, best first."""
