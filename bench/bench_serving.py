@@ -397,6 +397,11 @@ def main(argv: list[str]) -> None:
             shelf = Server("shelf", home, key)
             try:
                 recommendations(shelf, "recs")
+                # Each kind of request alone (the mix above is a third each): where the cost is.
+                for kind in range(3):
+                    rps, errors = run(closed_loop(shelf.port, recs[kind::3], args.connections, args.seconds))
+                    assert errors == 0, f"{errors} failed recommendation requests"
+                    note(f"kind{kind}_rps", rps)
                 batches = event_batches(shop, secret, attempt, 400)
                 bps, errors = run(closed_loop(shelf.port, batches, args.connections, args.seconds))
                 assert errors == 0, f"{errors} failed event batches"
@@ -435,6 +440,7 @@ server share the machine (the client, on uvloop, used {min(CLIENT_BUSY):.0%} to 
 |---|---:|---:|---:|---|
 | throughput, closed loop (requests/s) | {m['recs_rps']:,.0f} | {m['hello_rps']:,.0f} | {m['recs_rps'] / m['hello_rps']:.2f}x | >= 0.5x |
 | throughput vs a `def` hello (FastAPI thread pool), closed loop (requests/s) | {m['recs_rps']:,.0f} | {m['hello_sync_rps']:,.0f} | {m['recs_rps'] / m['hello_sync_rps']:.2f}x | |
+| by kind, closed loop: known users / sessions / anonymous alone (requests/s) | {m['kind0_rps']:,.0f} / {m['kind1_rps']:,.0f} / {m['kind2_rps']:,.0f} | {m['hello_rps']:,.0f} | {m['kind0_rps'] / m['hello_rps']:.2f}x / {m['kind1_rps'] / m['hello_rps']:.2f}x / {m['kind2_rps'] / m['hello_rps']:.2f}x | |
 | latency p50, open loop at {args.rate:.0f} req/s (ms) | {m['recs_p50']:.1f} | {m['hello_p50']:.1f} | {m['recs_p50'] / m['hello_p50']:.1f}x | |
 | latency p99, open loop at {args.rate:.0f} req/s (ms) | {m['recs_p99']:.1f} | {m['hello_p99']:.1f} | {m['recs_p99'] / m['hello_p99']:.1f}x | <= 20 ms |
 | without content: throughput, closed loop (requests/s) | {m['sparse_rps']:,.0f} | {m['hello_rps']:,.0f} | {m['sparse_rps'] / m['hello_rps']:.2f}x | |
