@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from datetime import timedelta
 from pathlib import Path
 
@@ -398,8 +397,7 @@ def test_the_blend_is_tuned_once_and_every_moment_refits_with_that_outcome(split
     calls: list[int] = []
     real = tuning.tune_weights
     monkeypatch.setattr(tuning, "tune_weights", lambda *a, **k: calls.append(1) or real(*a, **k))
-    blend = small_blend()
-    blend.config = dataclasses.replace(blend.config, tune=True)
+    blend = BlendRetriever(small_blend().sources, BlendConfig(tune=True))
     model = TwoStage(blend, NeuralRanker(NeuralRankerConfig(max_epochs=1, hidden=(8,))),
                      config=TwoStageConfig(n_candidates=30, label_window_s=WINDOW, negatives_per_positive=5)).fit(split.train)
     assert len(model.fit_stats_["cuts"]) >= 2
