@@ -28,6 +28,7 @@ import numba
 import numpy as np
 
 SELECT_CLUSTERS = 32  # cluster_top picks up to this many clusters by selection, then sorts
+_WARMED: list[bool] = []  # non-empty once warm() ran in this process
 
 
 def _jit(function: Any) -> Any:
@@ -243,7 +244,10 @@ def group_columns(indptr: Any, indices: Any, data: Any, rows: Any, weights: Any)
 def warm() -> None:
     """Compile (or load from numba's on-disk cache) every kernel for the argument types serving
     passes, on tiny inputs: serving calls this when it loads a bundle, so no request pays for a
-    compilation (seconds on a machine whose cache is cold); ``make`` runs it after installing."""
+    compilation (seconds on a machine whose cache is cold); ``make`` runs it after installing.
+    Once per process: every source of a bundle calls it from its own ``warm``."""
+    if _WARMED:
+        return
     i32, i64, f32, f64 = np.int32, np.int64, np.float32, np.float64
     one = np.ones(1, dtype=i64)
     for values in (np.ones(2, dtype=f32), np.ones(2, dtype=f64)):
@@ -257,6 +261,7 @@ def warm() -> None:
         profile, np.zeros(1, dtype=i64), np.ones((1, 1), dtype=f32), one, np.array([0, 1], dtype=i64),
         np.array([0, 1], dtype=i64), np.ones(1, dtype=f32), np.zeros(1, dtype=i32), np.zeros(1, dtype=i64), 1, 1,
     )
+    _WARMED.append(True)
 
 
 if __name__ == "__main__":
