@@ -12,7 +12,15 @@ import pytest
 import scipy.sparse as sp
 
 from shelf.models.retrieval import kernels
-from shelf.models.retrieval.scores import ItemClusters, weighted_rows
+from shelf.models.retrieval.blend import BlendConfig, BlendRetriever
+from shelf.models.retrieval.popularity import PopularityRetriever
+from shelf.models.retrieval.scores import (
+    ItemClusters,
+    SparseScores,
+    positive_rows,
+    top_of,
+    weighted_rows,
+)
 
 
 def _unique_inverse(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -70,6 +78,76 @@ def test_fuse_is_the_dense_table(seed: int) -> None:
     want = _reference_fuse(idx_parts, contrib_parts, src_parts, n_sources, seen, n)
     for g, w in zip(got, want, strict=True):
         np.testing.assert_array_equal(g, w)
+
+
+@pytest.mark.parametrize("fusion", ["rrf", "score"])
+@pytest.mark.parametrize("seed", range(20))
+def test_fuse_sources_is_the_contributions_then_fuse(fusion: str, seed: int) -> None:
+    """``fuse_sources`` equals what the blend ran before it: ``_contributions`` per source
+    list, the source of each entry repeated, then ``fuse``."""
+    rng = np.random.default_rng(seed)
+    config = BlendConfig(fusion=fusion, rrf_k=float(rng.choice([0.0, 10.0, 60.0])), fallback=None)
+    blend = BlendRetriever({"popularity": PopularityRetriever()}, config)
+    n_items = int(rng.integers(1, 300))
+    idx_parts, value_parts, weights, voters = [], [], [], []
+    for s in range(int(rng.integers(1, 6))):
+        if rng.random() < 0.2:
+            continue  # a source that did not vote
+        listed = rng.permutation(n_items)[: rng.integers(1, n_items + 1)].astype(np.int64)
+        # Best first, with ties (and one-value lists: a zero span) among the values.
+        values = np.sort(rng.choice(rng.random(int(rng.integers(1, 9))), len(listed)))[::-1].astype(np.float32)
+        idx_parts.append(listed)
+        value_parts.append(values)
+        weights.append(float(rng.choice([0.25, 1.0, 3.0, 64.0])))
+        voters.append(s)
+    seen = rng.choice(n_items, min(n_items, int(rng.integers(0, 10))), replace=False).astype(np.int64)
+    n = int(rng.integers(0, n_items + 5))
+    got = blend._fuse(idx_parts, value_parts, weights, voters, seen, n)
+    if not idx_parts:
+        assert all(len(g) == 0 for g in got)
+        return
+    contributions = [blend._contributions(i, v, w) for i, v, w in zip(idx_parts, value_parts, weights, strict=True)]
+    sources = [np.full(len(i), s, dtype=np.int64) for i, s in zip(idx_parts, voters, strict=True)]
+    want = kernels.fuse(np.concatenate(idx_parts), np.concatenate(contributions), np.concatenate(sources), seen, n)
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_array_equal(g, w)  # bit-identical fused scores
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_positive_rows_are_the_positive_weighted_rows(dtype: type) -> None:
+    """``positive_rows`` (unordered, one pass) answers as ``from_positive(weighted_rows(...))``."""
+    rng = np.random.default_rng(5)
+    matrix = sp.random(300, 400, density=0.05, format="csr", dtype=dtype, random_state=6)
+    matrix.data -= dtype(0.3)  # negative and zero entries too: only positive sums are proposed
+    matrix.data[::7] = 0.0
+    for size in (0, 1, 3, 30, 200):
+        rows = rng.integers(0, 300, size).astype(np.int64)
+        weights = rng.random(size)
+        got = positive_rows(matrix, rows, weights, 400)
+        want = SparseScores.from_positive(*weighted_rows(matrix, rows, weights), 400, ascending=True)
+        np.testing.assert_array_equal(np.sort(got.idx), want.idx)
+        for n in (0, 1, 10, 1000):
+            for g, w in zip(got.top(n), want.top(n), strict=True):
+                np.testing.assert_array_equal(g, w)
+        probe = rng.integers(0, 400, 50)
+        np.testing.assert_array_equal(got.at(probe), want.at(probe))
+        np.testing.assert_array_equal(got.dense(), want.dense())
+        assert got.bounds() == want.bounds()
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_sparse_top_is_top_of(seed: int) -> None:
+    """``SparseScores.top`` (compiled, ties to the lower item) orders as ``top_of`` over the
+    ascending items did."""
+    rng = np.random.default_rng(seed)
+    m = int(rng.integers(0, 500))
+    idx = np.sort(rng.choice(2000, m, replace=False)).astype(np.int64)
+    values = (rng.integers(1, 6, m) / 3.0).astype(np.float32)  # many ties
+    scores = SparseScores(idx, values, 2000)
+    for n in (0, 1, 7, m // 2, m, m + 3):
+        pos = top_of(values, n, finite=True)
+        np.testing.assert_array_equal(scores.top(n)[0], idx[pos])
+        np.testing.assert_array_equal(scores.top(n)[1], values[pos])
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -329,7 +329,8 @@ class BlendRetriever:
         active = self._active()
         per: dict[str, QueryScores] = {}
         idx_parts: list[np.ndarray] = []
-        contrib_parts: list[np.ndarray] = []
+        value_parts: list[np.ndarray] = []
+        voter_weights: list[float] = []
         voters: list[int] = []
         for s, (name, source) in enumerate(active.items()):
             votes = weights.get(name, 0.0) > 0 and stage != "context"
@@ -346,11 +347,11 @@ class BlendRetriever:
             if not len(top):
                 continue
             idx_parts.append(top)
-            contrib_parts.append(self._contributions(top, values, weights[name]))
+            value_parts.append(values)
+            voter_weights.append(weights[name])
             voters.append(s)
         seen = self._seen_items(query.user_id) if stage == "user" else np.empty(0, dtype=np.int64)
-        src_parts = [np.repeat(np.array(voters, dtype=np.int64), [len(p) for p in idx_parts])] if voters else []
-        chosen, scores_out, sources_out = self._fuse(idx_parts, contrib_parts, src_parts, seen, n)
+        chosen, scores_out, sources_out = self._fuse(idx_parts, value_parts, voter_weights, voters, seen, n)
         sources_out = self._source_names()[sources_out]
         if len(chosen) < n:
             taken = np.union1d(banned, chosen) if len(banned) and len(chosen) else (banned if len(banned) else chosen)
@@ -375,25 +376,33 @@ class BlendRetriever:
                 per_source[name] = np.where(np.isfinite(values), values, np.nan).astype(np.float32)
         return Candidates(scored, per_source, stage)
 
-    @staticmethod
     def _fuse(
-        idx_parts: list[np.ndarray], contrib_parts: list[np.ndarray], src_parts: list[np.ndarray], seen: np.ndarray, n: int
+        self, idx_parts: list[np.ndarray], value_parts: list[np.ndarray], weights: list[float], voters: list[int], seen: np.ndarray, n: int
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Sum the sources' contributions per item; the best ``n`` (ties: lower index), each with
-        the source that contributed most (first source on ties). Seen items never win here.
+        """Each voting source's top list (``idx_parts[s]``, best first, with its ``value_parts[s]``)
+        weighted into contributions (``_contributions``), summed per item; the best ``n`` (ties:
+        lower index), each with the source that contributed most (first source on ties). Seen
+        items never win here.
 
         Sums run in source order in float64, as a dense sources × items accumulator summed down
-        its source axis would (identical floats, identical ties), in one compiled pass
-        (``kernels.fuse``; the numpy form it replaced is the reference in the tests).
+        its source axis would (identical floats, identical ties), in one compiled pass with the
+        contributions (``kernels.fuse_sources``; the numpy forms it replaced are the references in
+        the tests): a few numpy calls per source per request cost more than the fusion itself.
         """
         if not idx_parts:
             return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float64), np.empty(0, dtype=np.int64)
         from shelf.models.retrieval import kernels
 
-        return kernels.fuse(  # type: ignore[no-any-return]
+        starts = np.zeros(len(idx_parts) + 1, dtype=np.int64)
+        np.cumsum([len(p) for p in idx_parts], out=starts[1:])
+        return kernels.fuse_sources(  # type: ignore[no-any-return]
             np.concatenate(idx_parts).astype(np.int64, copy=False),
-            np.concatenate(contrib_parts).astype(np.float64, copy=False),
-            np.concatenate(src_parts),
+            np.concatenate(value_parts).astype(np.float64, copy=False),
+            starts,
+            np.array(weights, dtype=np.float64),
+            np.array(voters, dtype=np.int64),
+            self.__dict__.get("fusion_", self.config.fusion) == "rrf",
+            float(self.config.rrf_k),
             np.asarray(seen, dtype=np.int64),
             n,
         )

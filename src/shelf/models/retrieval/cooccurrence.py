@@ -29,7 +29,7 @@ from shelf.models.retrieval._base import (
     check_positive,
     positional_weights,
 )
-from shelf.models.retrieval.scores import SparseScores, weighted_rows
+from shelf.models.retrieval.scores import SparseScores, positive_rows
 
 MICROS_PER_MINUTE = 60_000_000
 
@@ -209,8 +209,7 @@ class CoOccurrenceRetriever(RetrieverBase):
         u = self.user_index(query.user_id)
         history = self.recent_items_[self.recent_indptr_[u] : self.recent_indptr_[u + 1]] if u >= 0 else np.empty(0, dtype=np.int32)
         seq = np.concatenate([history, self._session_indices(query)]).astype(np.int64)[-self.config.query_items :]
-        idx, values = weighted_rows(self.similarity_, seq, positional_weights(len(seq), self.config.query_half_life))
-        return SparseScores.from_positive(idx, values, len(self.item_ids_), ascending=True)
+        return positive_rows(self.similarity_, seq, positional_weights(len(seq), self.config.query_half_life), len(self.item_ids_))
 
     def _score_users(self, users: np.ndarray) -> np.ndarray:
         scores = (self._query_matrix(users) @ self.similarity_).toarray()

@@ -104,10 +104,11 @@ def top_of_rows(scores: np.ndarray, n: int) -> np.ndarray:
     return np.take_along_axis(columns, order, axis=1)
 
 
-def weighted_rows(matrix: Any, rows: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``sum_k weights[k] * matrix[rows[k]]`` of a CSR matrix as a sparse vector: ascending unique
-    column indices and float64 sums. For a handful of rows this is several times cheaper than
-    building a one-row sparse matrix and multiplying (scipy's per-call overhead dominates).
+def weighted_rows(matrix: Any, rows: np.ndarray, weights: np.ndarray, *, ordered: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """``sum_k weights[k] * matrix[rows[k]]`` of a CSR matrix as a sparse vector: unique column
+    indices (ascending; in order of first appearance with ``ordered=False``, for a caller to whom
+    order does not matter) and float64 sums. For a handful of rows this is several times cheaper
+    than building a one-row sparse matrix and multiplying (scipy's per-call overhead dominates).
 
     Each product is rounded to the matrix's dtype, as ``row * weight`` would be, and every
     column's products are summed in input order in float64 (what ``np.bincount`` does), in one
@@ -120,8 +121,24 @@ def weighted_rows(matrix: Any, rows: np.ndarray, weights: np.ndarray) -> tuple[n
         return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float64)
     weights = np.asarray(weights, dtype=np.float64).astype(matrix.data.dtype)
     columns, sums = kernels.group_columns(matrix.indptr, matrix.indices, matrix.data, rows, weights)
+    if not ordered:
+        return columns, sums
     order = columns.argsort()  # numpy's vectorised sort beats a compiled one here; columns are unique
     return columns[order], sums[order]
+
+
+def positive_rows(matrix: Any, rows: np.ndarray, weights: np.ndarray, size: int) -> SparseScores:
+    """``SparseScores.from_positive(*weighted_rows(matrix, rows, weights), size)`` in one compiled
+    pass (``kernels.positive_columns``), its items left in the order they were met: a request
+    only asks such scores for a top-n, which does not need them sorted (``SparseScores``)."""
+    from shelf.models.retrieval import kernels
+
+    rows = np.asarray(rows, dtype=np.int64)
+    if not len(rows):
+        return SparseScores(np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32), size)
+    weights = np.asarray(weights, dtype=np.float64).astype(matrix.data.dtype)
+    columns, values = kernels.positive_columns(matrix.indptr, matrix.indices, matrix.data, rows, weights)
+    return SparseScores.unordered(columns, values, size)
 
 
 class DenseScores:
@@ -157,9 +174,13 @@ class DenseScores:
 
 
 class SparseScores:
-    """Only the proposed items: ``idx`` (ascending, unique) with finite ``values``."""
+    """Only the proposed items: ``idx`` (unique; ascending unless built by ``unordered``, and
+    sorted the first time ``at`` needs it) with finite ``values``.
 
-    __slots__ = ("idx", "size", "values")
+    Per query, never shared between requests (so sorting in place needs no lock).
+    """
+
+    __slots__ = ("_ordered", "idx", "size", "values")
 
     def __init__(self, idx: np.ndarray, values: np.ndarray, size: int) -> None:
         idx = np.asarray(idx, dtype=np.int64)
@@ -170,7 +191,15 @@ class SparseScores:
         keep = np.isfinite(values)
         if not keep.all():
             idx, values = idx[keep], values[keep]
-        self.idx, self.values, self.size = idx, values, size
+        self.idx, self.values, self.size, self._ordered = idx, values, size, True
+
+    @classmethod
+    def unordered(cls, idx: np.ndarray, values: np.ndarray, size: int) -> SparseScores:
+        """Unique int64 ``idx`` in any order with finite float32 ``values`` (the caller
+        guarantees all three: ``positive_rows``); sorted only if ``at`` is asked."""
+        out = cls.__new__(cls)
+        out.idx, out.values, out.size, out._ordered = idx, values, size, False
+        return out
 
     @classmethod
     def from_positive(cls, idx: np.ndarray, values: np.ndarray, size: int, *, ascending: bool = False) -> SparseScores:
@@ -188,17 +217,26 @@ class SparseScores:
             keep = np.isfinite(values)
             idx, values = idx[keep], values[keep]
         out = cls.__new__(cls)
-        out.idx, out.values, out.size = idx, values, size
+        out.idx, out.values, out.size, out._ordered = idx, values, size, True
         return out
 
     def __len__(self) -> int:
         return self.size
 
     def top(self, n: int) -> tuple[np.ndarray, np.ndarray]:
-        pos = top_of(self.values, n, finite=True)  # idx is ascending, so lower position = lower index
+        if n <= 0 or not len(self.idx):
+            return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32)
+        from shelf.models.retrieval import kernels
+
+        # Ties to the lower item whatever the order held (the items are unique); one compiled
+        # call instead of top_of's partition, masks and lexsort (the same order: tested).
+        pos = kernels.top_by_key(self.values, self.idx, n)
         return self.idx[pos], self.values[pos]
 
     def at(self, idx: np.ndarray) -> np.ndarray:
+        if not self._ordered:
+            order = self.idx.argsort()
+            self.idx, self.values, self._ordered = self.idx[order], self.values[order], True
         idx = np.asarray(idx, dtype=np.int64)
         out = np.full(len(idx), NEG_INF, dtype=np.float32)
         if len(self.idx) and len(idx):
@@ -424,4 +462,4 @@ class LinearScores:
 
 QueryScores = DenseScores | SparseScores | RankedScores | LinearScores
 
-__all__ = ["DenseScores", "ItemClusters", "LinearScores", "QueryScores", "RankedScores", "SparseScores", "top_of", "top_of_rows", "weighted_rows"]
+__all__ = ["DenseScores", "ItemClusters", "LinearScores", "QueryScores", "RankedScores", "SparseScores", "positive_rows", "top_of", "top_of_rows", "weighted_rows"]

@@ -29,7 +29,7 @@ from shelf.models.retrieval._base import (
     positional_weights,
 )
 from shelf.models.retrieval.cooccurrence import keep_top_per_row
-from shelf.models.retrieval.scores import SparseScores, weighted_rows
+from shelf.models.retrieval.scores import SparseScores, positive_rows
 
 
 @dataclass(frozen=True)
@@ -136,8 +136,7 @@ class SequentialRulesRetriever(RetrieverBase):
         history = self._user_sequence(self.user_index(query.user_id))
         sequence = np.concatenate([history, self._session_indices(query)])
         seq = np.asarray(sequence, dtype=np.int64)[-self.config.query_items :]
-        idx, values = weighted_rows(self.rules_, seq, positional_weights(len(seq), self.config.query_half_life))
-        return SparseScores.from_positive(idx, values, len(self.item_ids_), ascending=True)
+        return positive_rows(self.rules_, seq, positional_weights(len(seq), self.config.query_half_life), len(self.item_ids_))
 
     def _score_users(self, users: np.ndarray) -> np.ndarray:
         return self._scores([self._user_sequence(int(u)) for u in users])
