@@ -8,7 +8,11 @@ Same data sets and splits as ``bench_quality`` (its helpers are imported). Proto
    w * p_ranker`` (w = 0 is the blend's own order) maximise the mean of NDCG@10 over the ``all``
    and ``new`` views; ties go to the smaller N, then the smaller w. One candidate generation per
    N serves every ranker (``with_ranker``) and every w. The label window is the test window of the case (the horizon the
-   probabilities are evaluated on), not tuned.
+   probabilities are evaluated on), not tuned. The grid also holds the re-ranker
+   (``rerank_two_stage``: LightGBM lambdarank re-ordering the blend's top 30 of N = 100 on
+   relative features, rank mix, refitted on every moment; one fit, every w), and, outside the
+   choice, two models that choose w on their own held training cuts: that re-ranker and the
+   default two-stage (neural, N = 200), each compared with shelf-blend (paired 95% CI).
 2. The chosen configuration, shelf-blend and the peers are evaluated once on the **test cut**,
    beside the default two-stage that ``shelf train`` ships (neural, N = 200, the ranker weight
    chosen by the model itself on its held training cuts, same request moments and label window).
@@ -52,6 +56,11 @@ MIN_REQUESTS = 0  # every moment is used already (the cap above), no extension n
 
 
 RANKERS = ("gbdt", "lambdarank", "neural")
+# The re-ranker (``rerank_two_stage``): lambdarank on the blend's top RERANK_DEPTH of RERANK_N,
+# relative features, rank mix, refitted on every moment after the held cuts chose its length
+# and weight. One fit serves every weight of the grid (``with_ranker_weight``) and "w auto".
+RERANK = "rerank"
+RERANK_N = 100
 WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)  # ranker_weight grid (0 = the blend's order, 1 = the ranker alone)
 
 
@@ -65,14 +74,26 @@ def _ranker(kind: str, seed: int) -> Any:
 
     if kind == "neural":
         return NeuralRanker(NeuralRankerConfig(seed=seed))
+    if kind == RERANK:
+        from shelf.models.twostage import rerank_ranker
+
+        return rerank_ranker(seed)
     return LightGBMRanker(LightGBMRankerConfig(seed=seed, objective="lambdarank" if kind == "lambdarank" else "binary"))
 
 
 def _factory(n: int, ranker: str, window_s: int, seed: int = 0, keep: list[Any] | None = None, weight: float | None = 1.0) -> Any:
     def make() -> Any:
         from shelf.models.retrieval import default_blend
-        from shelf.models.twostage import TwoStage, TwoStageConfig
+        from shelf.models.twostage import TwoStage, TwoStageConfig, rerank_two_stage
 
+        if ranker == RERANK:
+            model = rerank_two_stage(
+                default_blend(seed=seed), seed=seed, n_candidates=n, label_window_s=window_s, n_cuts=int(CUTS["n_cuts"]),
+                cut_spacing_s=max(1, round(window_s * CUTS["spacing_fraction"])), ranker_weight=weight, min_requests=MIN_REQUESTS,
+            )
+            if keep is not None:
+                keep.append(model)
+            return model
         model = TwoStage(default_blend(seed=seed), _ranker(ranker, seed), config=TwoStageConfig(
             n_candidates=n, label_window_s=window_s, seed=seed, n_cuts=int(CUTS["n_cuts"]),
             cut_spacing_s=max(1, round(window_s * CUTS["spacing_fraction"])), ranker_weight=weight, min_requests=MIN_REQUESTS,
@@ -94,19 +115,20 @@ class _Reweighted:
 
     outputs_probabilities = True
 
-    def __init__(self, shared: dict[str, Any], make: Any, ranker: str, weight: float) -> None:
-        self.shared, self.make, self.ranker, self.weight = shared, make, ranker, weight
-        self.name = f"twostage {ranker} w={weight:g}"
+    def __init__(self, shared: dict[str, Any], make: Any, ranker: str, weight: float | None, base: str = "neural") -> None:
+        self.shared, self.make, self.ranker, self.weight, self.base = shared, make, ranker, weight, base
+        self.name = f"twostage {ranker} w={'auto' if weight is None else f'{weight:g}'}"
 
     def fit(self, data: Any) -> Any:
         if self.shared.get("data") is not data:
             self.shared.clear()
             base = self.make().fit(data)
-            self.shared.update(data=data, rankers={"neural": base})
+            self.shared.update(data=data, rankers={self.base: base})
         rankers = self.shared["rankers"]
         if self.ranker not in rankers:
-            rankers[self.ranker] = rankers["neural"].with_ranker(_ranker(self.ranker, 0))
-        self.model_ = rankers[self.ranker].with_ranker_weight(self.weight)
+            rankers[self.ranker] = rankers[self.base].with_ranker(_ranker(self.ranker, 0))
+        # w auto: the model's own choice on its held training cuts
+        self.model_ = rankers[self.ranker] if self.weight is None else rankers[self.ranker].with_ranker_weight(self.weight)
         return self
 
     def retrieve(self, query: Any, n: int) -> Any:
@@ -119,6 +141,18 @@ class _Reweighted:
 def _weight_grid(n: int, window_s: int, shared: dict[str, Any]) -> dict[str, Any]:
     make = _factory(n, "neural", window_s)
     return {f"N={n} {r} w={w:g}": (lambda r=r, w=w: _Reweighted(shared, make, r, w)) for r in RANKERS for w in WEIGHTS}
+
+
+def _rerank_grid(window_s: int, shared: dict[str, Any]) -> dict[str, Any]:
+    """The re-ranker at every weight (one fit) and with its own held-cut choice ("w auto")."""
+    make = _factory(RERANK_N, RERANK, window_s, weight=None)
+    out = {f"N={RERANK_N} {RERANK} w={w:g}": (lambda w=w: _Reweighted(shared, make, RERANK, w, base=RERANK)) for w in WEIGHTS}
+    out[RERANK_AUTO.format(n=RERANK_N)] = lambda: _Reweighted(shared, make, RERANK, None, base=RERANK)
+    return out
+
+
+RERANK_AUTO = "rerank (N={n}, top 30, w auto)"
+DEFAULT_AUTO = "default (N=200, neural, w auto)"
 
 
 def _score(result: Any, name: str) -> float:
@@ -211,12 +245,16 @@ def run_case(case: Any, work: Path, requests: int, log: list[str]) -> str:
     fits: dict[int, dict[str, Any]] = {}
     for n in GRID_N:
         grid.update(_weight_grid(n, window_s, fits.setdefault(n, {})))
+    grid.update(_rerank_grid(window_s, {}))
+    # the model `shelf train` ships, and the re-ranker, each choosing w on its own held cuts
+    auto = {RERANK_AUTO.format(n=RERANK_N), DEFAULT_AUTO}
+    grid[DEFAULT_AUTO] = _factory(200, "neural", window_s, weight=None)
     grid["shelf-blend"] = pick(["shelf-blend"])["shelf-blend"]
     started = time.perf_counter()
     vres = evaluate(None, validation, grid, ks=(10,), target=ANY_ENGAGEMENT, views=views)
     log.append(f"{case.name}: validation grid {time.perf_counter() - started:.0f} s")
     # ties go to the first in grid order: the smaller N, then the smaller ranker weight
-    choice = max((k for k in grid if k != "shelf-blend"), key=lambda k: _score(vres, k))
+    choice = max((k for k in grid if k != "shelf-blend" and k not in auto), key=lambda k: _score(vres, k))
     n_best, ranker_best, w_best = int(choice.split()[0][2:]), choice.split()[1], float(choice.split()[2][2:])
     n_val_users = len(validation.test_users)
     vlines = [f"Validation cut: {n_val_users} users.", "",
@@ -225,6 +263,14 @@ def run_case(case: Any, work: Path, requests: int, log: list[str]) -> str:
         ece = f"{vres.value(name, 'ece', 0):.4f}" if name != "shelf-blend" else "–"
         vlines.append(f"| {name}{' ← chosen' if name == choice else ''} | {vres.value(name, 'ndcg', 10, 'all'):.4f} | "
                       f"{vres.value(name, 'ndcg', 10, 'new'):.4f} | {ece} |")
+    vlines += ["", "| w chosen on the held training cuts | view | shelf-blend NDCG@10 | NDCG@10 | ratio | − blend, 95% CI |",
+               "|---|---|---:|---:|---:|---|"]
+    for name in sorted(auto):
+        for view in views:
+            b, t = vres.value("shelf-blend", "ndcg", 10, view), vres.value(name, "ndcg", 10, view)
+            ci = vres.compare(name, "shelf-blend", "ndcg", 10, view)
+            vlines.append(f"| {name} | {view} | {b:.4f} | {t:.4f} | {t / b if b > 0 else float('inf'):.3f}× | "
+                          f"{ci.difference:+.4f} [{ci.low:+.4f}, {ci.high:+.4f}] |")
 
     if VALIDATION_ONLY[0]:
         return "\n".join([f"### {case.name} (validation grid only)", "", *vlines, ""])

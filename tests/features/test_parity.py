@@ -9,7 +9,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from shelf.features import OnlineFeatures, compute_offline, default_feature_set
+from shelf.features import (
+    DAY,
+    FeatureSet,
+    OnlineFeatures,
+    compute_offline,
+    default_feature_set,
+    relative_feature_set,
+)
 from shelf.features.synthetic import synthetic_shop
 from shelf.models.base import Context, Query, Scored
 
@@ -26,9 +33,11 @@ def _requests(events: pa.Table, n: int, seed: int) -> list[dict[str, object]]:
     return [rows[int(p)] for p in picks]
 
 
-def test_offline_and_online_agree(shop: tuple[pa.Table, pa.Table, pa.Table]) -> None:
+@pytest.mark.parametrize("fs", [default_feature_set(), relative_feature_set(window_s=3 * DAY)], ids=["default", "relative"])
+def test_offline_and_online_agree(shop: tuple[pa.Table, pa.Table, pa.Table], fs: FeatureSet) -> None:
+    # "relative": within-request percentiles rank a request's candidates (one online frame, one
+    # offline ``request``), trends read item counts computed as inputs only.
     events, items, users = shop
-    fs = default_feature_set()
     rng = np.random.default_rng(0)
     all_items = [f"i{i}" for i in range(60)] + ["i_unseen"]
     requests = _requests(events, 25, seed=2)
@@ -37,7 +46,7 @@ def test_offline_and_online_agree(shop: tuple[pa.Table, pa.Table, pa.Table]) -> 
     requests.sort(key=lambda r: r["timestamp"])
 
     examples: dict[str, list[object]] = {k: [] for k in (
-        "user_id", "item_id", "timestamp", "session_id", "device", "region",
+        "request", "user_id", "item_id", "timestamp", "session_id", "device", "region",
         "candidate_score", "candidate_rank", "candidate_source")}
     online = OnlineFeatures(fs)
     online.update_items(items)
@@ -45,7 +54,7 @@ def test_offline_and_online_agree(shop: tuple[pa.Table, pa.Table, pa.Table]) -> 
     ts = events["timestamp"]
     fed = 0
     online_frames = []
-    for r in requests:
+    for request, r in enumerate(requests):
         t = r["timestamp"]
         cut = int(pc.sum(pc.less(ts, pa.scalar(t, ts.type))).as_py() or 0)
         if cut > fed:  # feed what happened before t, in two batches to exercise incremental updates
@@ -64,7 +73,7 @@ def test_offline_and_online_agree(shop: tuple[pa.Table, pa.Table, pa.Table]) -> 
         )
         online_frames.append(online.frame(query, Scored(cands, scores, sources)))
         for rank, (c, s, src) in enumerate(zip(cands, scores, sources, strict=True)):
-            for k, v in (("user_id", r["user_id"]), ("item_id", c), ("timestamp", t), ("session_id", r["session_id"]),
+            for k, v in (("request", request), ("user_id", r["user_id"]), ("item_id", c), ("timestamp", t), ("session_id", r["session_id"]),
                          ("device", r["device"]), ("region", r["region"]), ("candidate_score", float(s)),
                          ("candidate_rank", float(rank)), ("candidate_source", src)):
                 examples[k].append(v)

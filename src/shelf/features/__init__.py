@@ -18,9 +18,11 @@ from shelf.features.definitions import (
     FeatureDefinitionError,
     FeatureFrame,
     FeatureSet,
+    Relative,
     SessionField,
     SourceScore,
     default_feature_set,
+    relative_feature_set,
     source_score_features,
 )
 from shelf.features.leakage import LeakageReport, audit_leakage
@@ -46,11 +48,13 @@ __all__ = [
     "FeatureSet",
     "LeakageReport",
     "OnlineFeatures",
+    "Relative",
     "SessionField",
     "SourceScore",
     "Vocabulary",
     "audit_leakage",
     "compute_offline",
     "default_feature_set",
+    "relative_feature_set",
     "source_score_features",
 ]

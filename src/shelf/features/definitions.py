@@ -105,7 +105,8 @@ class EventAggregate(Feature):
     aggregation:
         ``count`` events; ``sum`` / ``mean`` of ``field``; ``recency``: seconds since the latest
         event; ``ratio``: count(event_types) / count(denominator_types) (``complement`` gives
-        ``max(0, 1 - ratio)``, e.g. cart abandonment); ``per_session``: events per distinct
+        ``max(0, 1 - ratio)``, e.g. cart abandonment); ``age``: seconds since the earliest
+        event (how long the entity has been around); ``per_session``: events per distinct
         session; ``affinity``: share of the entity's events whose item has the candidate's
         ``by`` attribute (category or brand, as the catalogue stood at each event).
     window_s:
@@ -116,7 +117,7 @@ class EventAggregate(Feature):
     """
 
     entity: Literal["user", "item", "user_item"] = "user"
-    aggregation: Literal["count", "sum", "mean", "recency", "ratio", "per_session", "affinity"] = "count"
+    aggregation: Literal["count", "sum", "mean", "recency", "age", "ratio", "per_session", "affinity"] = "count"
     event_types: tuple[str, ...] = ()
     window_s: int | None = None
     field: str | None = None
@@ -131,7 +132,7 @@ class EventAggregate(Feature):
         where = f"feature {self.name!r}"
         if self.entity not in ("user", "item", "user_item"):
             raise FeatureDefinitionError(f"{where}: entity {self.entity!r} must be user, item or user_item")
-        aggregations = ("count", "sum", "mean", "recency", "ratio", "per_session", "affinity")
+        aggregations = ("count", "sum", "mean", "recency", "age", "ratio", "per_session", "affinity")
         if self.aggregation not in aggregations:
             raise FeatureDefinitionError(f"{where}: aggregation {self.aggregation!r} is not one of {aggregations}")
         if not self.event_types:
@@ -319,6 +320,72 @@ class SourceScore(Feature):
         return "log1p" if self.field == "rank" else "none"
 
 
+RELATIVE_ARITY: dict[str, int] = {"percentile": 1, "trend": 3, "growth": 2}
+
+
+@dataclass(frozen=True)
+class Relative(Feature):
+    """A numeric feature derived from other features, declared inline as ``inputs``.
+
+    The inputs are computed by the engines like any feature (and filled the same way) but are not
+    themselves model inputs unless also declared at the top level; both engines derive the value
+    with the same code (``shelf.features.offline.derive_relative``), so parity carries over.
+
+    ``op``:
+
+    * ``percentile`` (one input): the candidate's percentile among the candidates of its request,
+      in ``(0, 1]`` (1 = the largest; ties share their average rank; a NaN input stays NaN and is
+      not counted). A request is one online frame; offline, the examples sharing a ``request``
+      column value (else the same user and time). It therefore needs every candidate of the
+      request among the examples (not a sample): ``TwoStage``'s rerank mode keeps them all.
+    * ``trend`` (inputs: a count over a window of ``scale`` seconds, the all-history count, the
+      entity's age in seconds): ``log((a + 1) / (b * scale / max(c, scale) + 1))``, the window's
+      count against the lifetime rate over one window (> 0: rising).
+    * ``growth`` (inputs: the count over the last window, over the last two windows):
+      ``log((a + 1) / (max(b - a, 0) + 1))``, the last window against the one before it.
+    """
+
+    op: Literal["percentile", "trend", "growth"] = "percentile"
+    inputs: tuple[Feature, ...] = ()
+    scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        where = f"feature {self.name!r}"
+        if self.op not in RELATIVE_ARITY:
+            raise FeatureDefinitionError(f"{where}: op {self.op!r} is not one of {sorted(RELATIVE_ARITY)}")
+        if len(self.inputs) != RELATIVE_ARITY[self.op]:
+            raise FeatureDefinitionError(f"{where}: {self.op} takes {RELATIVE_ARITY[self.op]} input(s), got {len(self.inputs)}")
+        for f in self.inputs:
+            if not isinstance(f, Feature) or f.kind != "numeric":
+                raise FeatureDefinitionError(f"{where}: inputs must be numeric feature declarations, got {f!r}")
+        if not isinstance(self.scale, (int, float)) or not math.isfinite(self.scale) or self.scale <= 0:
+            raise FeatureDefinitionError(f"{where}: scale must be a positive finite number")
+
+    def declaration(self) -> dict[str, Any]:
+        out = super().declaration()
+        out["inputs"] = [f.declaration() for f in self.inputs]
+        return out
+
+
+def _expand(features: Iterable[Feature]) -> list[Feature]:
+    """Every declaration to compute, inputs before what reads them, one per name."""
+    out: dict[str, Feature] = {}
+
+    def visit(f: Feature) -> None:
+        for sub in getattr(f, "inputs", ()):
+            visit(sub)
+        seen = out.get(f.name)
+        if seen is None:
+            out[f.name] = f
+        elif seen.declaration() != f.declaration():
+            raise FeatureDefinitionError(f"two different declarations are named {f.name!r}")
+
+    for f in features:
+        visit(f)
+    return list(out.values())
+
+
 def source_score_features(retrievers: Sequence[str]) -> tuple[SourceScore, ...]:
     """Score and rank features of each named retrieval source (group ``candidate``)."""
     out: list[SourceScore] = []
@@ -329,7 +396,7 @@ def source_score_features(retrievers: Sequence[str]) -> tuple[SourceScore, ...]:
 
 
 _FEATURE_TYPES: dict[str, type[Feature]] = {
-    cls.__name__: cls for cls in (EventAggregate, Attribute, ContextField, SessionField, CandidateField, SourceScore)
+    cls.__name__: cls for cls in (EventAggregate, Attribute, ContextField, SessionField, CandidateField, SourceScore, Relative)
 }
 
 
@@ -378,6 +445,20 @@ class FeatureSet:
         for f in self.features:
             if not isinstance(f, Feature):
                 raise FeatureDefinitionError(f"{f!r} is not a feature declaration")
+        self._computed = _expand(self.features)  # checks that inputs do not clash with features
+
+    @property
+    def computed(self) -> FeatureSet:
+        """What the engines compute: every declaration but ``Relative`` ones, with their inputs.
+
+        Equal to this set when it holds no ``Relative`` feature.
+        """
+        return FeatureSet(f for f in self._computed if not isinstance(f, Relative))
+
+    @property
+    def relative(self) -> tuple[Relative, ...]:
+        """Every ``Relative`` declaration (nested inputs first), in the order they are derived."""
+        return tuple(f for f in self._computed if isinstance(f, Relative))
 
     def __len__(self) -> int:
         return len(self.features)
@@ -432,22 +513,25 @@ class FeatureSet:
     @classmethod
     def from_json(cls, text: str) -> FeatureSet:
         raw = json.loads(text)
-        features: list[Feature] = []
-        for decl in raw["features"]:
-            decl = dict(decl)
-            kind = _FEATURE_TYPES.get(decl.pop("type", ""))
-            if kind is None:
-                raise FeatureDefinitionError(f"unknown feature declaration type in {decl!r}")
-            for key, value in list(decl.items()):
-                if isinstance(value, list):
-                    decl[key] = tuple(value)
-                if value == "nan":
-                    decl[key] = float("nan")
-            features.append(kind(**decl))
-        out = cls(features)
+        out = cls(_from_declaration(decl) for decl in raw["features"])
         if raw.get("version") not in (None, out.version):
             raise FeatureDefinitionError(f"feature set version mismatch: saved {raw['version']}, rebuilt {out.version}")
         return out
+
+
+def _from_declaration(raw: dict[str, Any]) -> Feature:
+    decl = dict(raw)
+    kind = _FEATURE_TYPES.get(decl.pop("type", ""))
+    if kind is None:
+        raise FeatureDefinitionError(f"unknown feature declaration type in {decl!r}")
+    for key, value in list(decl.items()):
+        if kind is Relative and key == "inputs":
+            decl[key] = tuple(_from_declaration(v) for v in value)
+        elif isinstance(value, list):
+            decl[key] = tuple(value)
+        elif value == "nan":
+            decl[key] = float("nan")
+    return kind(**decl)
 
 
 def default_feature_set() -> FeatureSet:
@@ -533,3 +617,45 @@ def default_feature_set() -> FeatureSet:
 
 def feature_asdict(feature: Feature) -> dict[str, Any]:
     return asdict(feature)
+
+
+def relative_feature_set(sources: Sequence[str] = (), window_s: int = MONTH) -> FeatureSet:
+    """Features for re-ranking retrieval's top candidates: where retrieval put them, and how each
+    compares with the other candidates of the request, without item identity or raw volumes.
+
+    No ``item_id`` (a tree or embedding memorises the training window's hits, which have moved on
+    by the time it serves) and no raw popularity counts (their scale drifts with the traffic of
+    the moment); popularity enters only relative to the item's own past (``trend``, ``growth``
+    over ``window_s``, best matched to the label window) and to the other candidates
+    (within-request percentiles). The counts they read are computed as inputs, not model inputs.
+
+    Features: the blend's rank, each source's rank (``sources``), item age (since its first
+    event) and the user's category / brand shares (recent and all-history), the item's trend and
+    growth, and within-request percentiles of the all-history count, the window count, trend,
+    growth, age and category share.
+    """
+    every = tuple(BUILTIN_EVENT_TYPES)
+    engaged = ("view", "add_to_cart", "add_to_wishlist", "purchase", "rating")
+    label = _window_label(window_s)
+    count_w = EventAggregate(f"item_events_{label}", "item", "item", "count", every, window_s, log1p=True)
+    count_2w = EventAggregate(f"item_events_2x{label}", "item", "item", "count", every, 2 * window_s, log1p=True)
+    count_all = EventAggregate("item_events_all", "item", "item", "count", every, None, log1p=True)
+    age = EventAggregate("item_age", "item", "item", "age", every, None, fill=0.0, log1p=True)
+    affinity_all = EventAggregate("user_category_affinity_all", "user", "user", "affinity", engaged, None, by="category")
+    trend = Relative("rel_item_trend", "item", "trend", (count_w, count_all, age), scale=float(window_s))
+    growth = Relative("rel_item_growth", "item", "growth", (count_w, count_2w))
+    f: list[Feature] = [
+        CandidateField("candidate_rank", "candidate", "rank"),
+        *(s for s in source_score_features(sources) if s.field == "rank"),
+        age,
+        trend,
+        growth,
+        EventAggregate("user_category_affinity", "user", "user", "affinity", engaged, MONTH, by="category"),
+        affinity_all,
+        EventAggregate("user_brand_affinity", "user", "user", "affinity", engaged, MONTH, by="brand"),
+    ]
+    for name, source in (("all", count_all), (label, count_w), ("trend", trend), ("growth", growth), ("age", age),
+                         ("category_affinity", affinity_all)):
+        f.append(Relative(f"pct_item_{name}" if name != "category_affinity" else "pct_category_affinity",
+                          "user_item" if name == "category_affinity" else "item", "percentile", (source,)))
+    return FeatureSet(f)

@@ -18,6 +18,7 @@ import math
 import duckdb
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from shelf.errors import InputError
 from shelf.features.definitions import (
@@ -75,6 +76,8 @@ def aggregate_sql(f: EventAggregate) -> str:
         return f"avg({_field_sql(f.field)}) FILTER (WHERE {m})"
     if a == "recency":
         return f"(k.ts_us - max(e.ts_us) FILTER (WHERE {m})) / 1e6"
+    if a == "age":
+        return f"(k.ts_us - min(e.ts_us) FILTER (WHERE {m})) / 1e6"
     if a == "ratio":
         den = _match(f.denominator_types, f.window_s)
         ratio = f"(count(*) FILTER (WHERE {m}))::DOUBLE / nullif(count(*) FILTER (WHERE {den}), 0)"
@@ -118,8 +121,14 @@ def compute_offline(
     items: pa.Table | None = None,
     users: pa.Table | None = None,
 ) -> FeatureFrame:
-    """Point-in-time features of every example (rows in the order of ``examples``)."""
+    """Point-in-time features of every example (rows in the order of ``examples``).
+
+    ``Relative`` features are derived from their inputs after those are computed; a request (the
+    group a within-request percentile ranks in) is a value of the ``request`` column when the
+    examples have one, else a (user, time) pair.
+    """
     x = _prepare_examples(examples)
+    top, feature_set = feature_set, feature_set.computed
     events = events.select(EVENT_SCHEMA.names).cast(EVENT_SCHEMA)
     items = _empty(ITEM_SCHEMA) if items is None else items.select(ITEM_SCHEMA.names).cast(ITEM_SCHEMA)
     users = _empty(USER_SCHEMA) if users is None else users.select(USER_SCHEMA.names).cast(USER_SCHEMA)
@@ -168,7 +177,71 @@ def compute_offline(
             parts[f.name] = col.to_numpy(zero_copy_only=False).astype(np.float64)
     for f in feature_set.of_type(SourceScore):
         parts[f.name] = _source_column(examples, f)
-    return assemble(feature_set, parts, x.num_rows)
+    if top.relative:
+        derive_relative(top, parts, _request_groups(examples, x))
+    return assemble(top, parts, x.num_rows)
+
+
+def _request_groups(examples: pa.Table, x: pa.Table) -> np.ndarray:
+    """A group code per example: its request (the ``request`` column, else user and time)."""
+    if "request" in examples.column_names:
+        raw = examples["request"].to_numpy(zero_copy_only=False)
+        return np.unique(raw.astype(str) if raw.dtype == object else raw, return_inverse=True)[1].reshape(-1)
+    users = pc.dictionary_encode(pc.fill_null(x["user_id"], "\x00")).combine_chunks().indices
+    ts = pc.cast(x["timestamp"], pa.int64()).to_numpy(zero_copy_only=False)
+    pairs = np.stack([np.asarray(users.to_numpy(zero_copy_only=False), dtype=np.int64), np.asarray(ts, dtype=np.int64)])
+    return np.unique(pairs, axis=1, return_inverse=True)[1].reshape(-1)
+
+
+def derive_relative(feature_set: FeatureSet, parts: dict[str, np.ndarray], groups: np.ndarray) -> None:
+    """Add every ``Relative`` feature of ``feature_set`` to ``parts`` (both engines call this).
+
+    Inputs are read after their ``fill`` (as the model would see them); ``groups`` holds the
+    request of each row (within-request percentiles).
+    """
+    declared = {f.name: f for f in feature_set.computed}
+    for f in feature_set.relative:
+        values = []
+        for source in f.inputs:
+            col = np.asarray(parts[source.name], dtype=np.float64)
+            fill = getattr(declared.get(source.name, source), "fill", math.nan)
+            values.append(np.where(np.isnan(col), fill, col))
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+            if f.op == "percentile":
+                parts[f.name] = within_group_percentile(values[0], groups)
+            elif f.op == "trend":
+                window, total, age = values
+                lifetime = total * f.scale / np.maximum(age, f.scale)
+                parts[f.name] = np.log((window + 1.0) / (lifetime + 1.0))
+            else:  # growth
+                last, both = values
+                parts[f.name] = np.log((last + 1.0) / (np.maximum(both - last, 0.0) + 1.0))
+        parts[f.name] = np.where(np.isinf(parts[f.name]), np.nan, parts[f.name])
+
+
+def within_group_percentile(x: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """Percentile of each value within its group, in (0, 1] (1 = the largest; ties share their
+    average rank; NaN stays NaN and is not counted), like pandas' ``rank(pct=True)``."""
+    x = np.asarray(x, dtype=np.float64)
+    out = np.full(len(x), np.nan)
+    idx = np.flatnonzero(~np.isnan(x))
+    if not len(idx):
+        return out
+    g, v = np.asarray(groups)[idx], x[idx]
+    order = np.lexsort((v, g))
+    gs, vs = g[order], v[order]
+    n = len(order)
+    steps = np.arange(n)
+    new_group = np.r_[True, gs[1:] != gs[:-1]]
+    group_id = np.cumsum(new_group) - 1
+    start = np.maximum.accumulate(np.where(new_group, steps, 0))
+    size = np.bincount(group_id)[group_id]
+    new_run = new_group | np.r_[True, vs[1:] != vs[:-1]]
+    run_id = np.cumsum(new_run) - 1
+    rank = (steps - start + 1).astype(np.float64)
+    average = (np.bincount(run_id, weights=rank) / np.bincount(run_id))[run_id]
+    out[idx[order]] = average / size
+    return out
 
 
 def _source_column(examples: pa.Table, f: SourceScore) -> np.ndarray:

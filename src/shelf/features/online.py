@@ -38,7 +38,7 @@ from shelf.features.definitions import (
     SessionField,
     SourceScore,
 )
-from shelf.features.offline import assemble
+from shelf.features.offline import assemble, derive_relative
 from shelf.schema import BUILTIN_EVENT_TYPES, ITEM_SCHEMA, USER_SCHEMA
 
 _TYPE_CODE = {t: i for i, t in enumerate(BUILTIN_EVENT_TYPES)}
@@ -177,6 +177,7 @@ class OnlineFeatures:
 
     def __init__(self, feature_set: FeatureSet) -> None:
         self.feature_set = feature_set
+        self._computed = feature_set.computed  # with the inputs of ``Relative`` features
         self._users = _Interner()
         self._items = _Interner()
         self._sessions = _Interner()
@@ -285,7 +286,7 @@ class OnlineFeatures:
 
         user_code = self._users.lookup([query.user_id])[0] if query.user_id is not None else -1
         user_rows = self._by_user.get(int(user_code)) if user_code >= 0 else np.empty(0, dtype=np.int64)
-        aggregates: tuple[EventAggregate, ...] = self.feature_set.of_type(EventAggregate)
+        aggregates: tuple[EventAggregate, ...] = self._computed.of_type(EventAggregate)
         user_feats = [f for f in aggregates if f.entity == "user"]
         if user_feats:
             sub = _subset(cols, user_rows)
@@ -319,7 +320,7 @@ class OnlineFeatures:
                 parts[f.name] = np.where(hit, per_item[pos] if len(uniq) else empty, empty)
         self._attributes(query, cand_ids, item_rows, user_code, t_us, parts)
         self._session(query, cand_ids, parts)
-        for f in self.feature_set.of_type(ContextField):
+        for f in self._computed.of_type(ContextField):
             value: object
             if f.source == "hour":
                 value = str(datetime.fromtimestamp(t_us / 1e6, UTC).hour)
@@ -330,7 +331,7 @@ class OnlineFeatures:
             col = np.empty(n, dtype=object)
             col[:] = [value] * n
             parts[f.name] = col
-        for f in self.feature_set.of_type(CandidateField):
+        for f in self._computed.of_type(CandidateField):
             if f.source == "score":
                 parts[f.name] = np.asarray(candidates.scores, dtype=np.float64)
             elif f.source == "rank":
@@ -343,9 +344,11 @@ class OnlineFeatures:
         # Per-source retrieval values ride along with the candidates (``source_features``,
         # column name -> array aligned with ``items``); a plain ``Scored`` has none (NaN).
         extra = getattr(candidates, "source_features", None) or {}
-        for f in self.feature_set.of_type(SourceScore):
+        for f in self._computed.of_type(SourceScore):
             value = extra.get(f.column)
             parts[f.name] = np.full(n, np.nan) if value is None else np.asarray(value, dtype=np.float64)
+        if self.feature_set.relative:  # one request: percentiles rank among these candidates
+            derive_relative(self.feature_set, parts, np.zeros(n, dtype=np.int64))
         return assemble(self.feature_set, parts, n)
 
     def _affinity(self, f: EventAggregate, sub: dict[str, np.ndarray], t_us: int, item_rows: np.ndarray) -> np.ndarray:
@@ -371,7 +374,7 @@ class OnlineFeatures:
         user_row = -1
         if self._user_versions is not None and user_code >= 0:
             user_row = int(self._user_versions.asof(np.array([user_code]), np.array([t_us]), strict=True)[0])
-        for f in self.feature_set.of_type(Attribute):
+        for f in self._computed.of_type(Attribute):
             if f.field == "item_id":
                 raw = np.asarray(cand_ids, dtype=object)
             elif f.field == "user_id":
@@ -391,7 +394,7 @@ class OnlineFeatures:
         n = len(cand_ids)
         session = list(query.session_items)
         seen = set(session)
-        for f in self.feature_set.of_type(SessionField):
+        for f in self._computed.of_type(SessionField):
             if f.source == "length":
                 parts[f.name] = np.full(n, float(len(session)))
             elif f.source == "distinct_items":
@@ -442,6 +445,7 @@ def _floats(column: pa.ChunkedArray) -> np.ndarray:
 
 
 _INT64_MIN = np.iinfo(np.int64).min
+_INT64_MAX = np.iinfo(np.int64).max
 
 
 def _mask(types: tuple[str, ...], window_s: int | None, c: dict[str, np.ndarray], t_us: int) -> np.ndarray:
@@ -489,6 +493,10 @@ def _grouped(f: EventAggregate, groups: np.ndarray, n: int, c: dict[str, np.ndar
         latest = np.full(n, _INT64_MIN, dtype=np.int64)
         np.maximum.at(latest, g, c["ts"][m])
         return np.where(latest > _INT64_MIN, (t_us - latest) / 1e6, np.nan)
+    if a == "age":
+        earliest = np.full(n, _INT64_MAX, dtype=np.int64)
+        np.minimum.at(earliest, g, c["ts"][m])
+        return np.where(earliest < _INT64_MAX, (t_us - earliest) / 1e6, np.nan)
     if a == "ratio":
         num = np.bincount(g, minlength=n).astype(np.float64)
         den_mask = _mask(f.denominator_types, f.window_s, c, t_us)

@@ -12,6 +12,13 @@
   (``ranker_weight`` w; ``prior`` is the engagement rate at each retrieval position), calibrated
   on the held training cuts; items are returned by that score (ties broken by the raw logit, then
   the retrieval position). w = 0 is exactly the retriever's order, with calibrated probabilities.
+  Re-ranking options (``TwoStageConfig``): ``rerank_depth`` K lets the ranker re-order only the
+  retriever's top K (the rest follow in the retriever's order); ``mix="rank"`` combines the two
+  orders instead of the probabilities, ``-[(1 - w) log(1 + position) + w log(1 + ranker
+  position)]`` (what a lambdarank ranker is for); ``refit_on_held`` retrains the ranker on every
+  request moment once the held cuts chose its length and w; ``features="relative"`` ranks on
+  ``relative_feature_set`` (no item id, no raw counts). ``rerank_two_stage`` builds the recipe
+  (lambdarank on the top 30 of 100, all four options).
 * **training** (``fit``): the retriever is fitted on the full window first (the one served; a
   blend tunes its weights and fusion there, once). Then the same protocol as a temporal
   evaluation, replayed inside the training window. At each of ``n_cuts`` request moments
@@ -75,6 +82,7 @@ from shelf.features import (
     FeatureSet,
     OnlineFeatures,
     default_feature_set,
+    relative_feature_set,
     source_score_features,
 )
 from shelf.models.base import IdIndex, Interactions, Query, Scored
@@ -98,7 +106,7 @@ from shelf.models.ranking import (
     build_ranking_set,
 )
 from shelf.models.ranking.data import ENGAGEMENT_TYPES
-from shelf.models.ranking.selection import WeightChoice, choose_weight
+from shelf.models.ranking.selection import WeightChoice, choose_weight, estimated_ndcg
 from shelf.schema import EVENT_SCHEMA, ITEM_SCHEMA, TIMESTAMP_TYPE, USER_SCHEMA
 
 KIND = "twostage"
@@ -109,6 +117,7 @@ RANKERS: dict[str, type[RankerBase]] = {cls.name: cls for cls in (NeuralRanker, 
 # so calibrated ties (isotonic steps) collapsed and were ordered by item index, and w = 0 did not
 # reproduce the blend (MovieLens 0.992x). N = 200 adds at most 5e-5: far below any calibration bin.
 _ORDER_STEP = 2.5e-7
+MIXES = ("probability", "rank")
 
 
 @dataclass(frozen=True)
@@ -144,6 +153,36 @@ class TwoStageConfig:
             chooses it on the held cuts (``shelf.models.ranking.selection``: 0 unless a larger
             weight wins clearly); a benchmark can instead choose it on its own validation cut
             (``with_ranker_weight`` re-weights a fitted model without refitting).
+        rerank_depth: the ranker re-orders only the retriever's top ``rerank_depth`` candidates;
+            the rest keep the retriever's order below them (and are neither featurised nor
+            scored at serving). ``None``: every candidate (``n_candidates``). Where the ranker
+            adds a little to a strong retriever, it adds it at the top; deeper down it mostly
+            promotes what retrieval rightly buried.
+        mix: how the ranker and retrieval's order combine. ``"probability"``: the formula of
+            ``ranker_weight`` above. ``"rank"``: ``-[(1 - w) * log(1 + retrieval position) +
+            w * log(1 + ranker position)]`` (positions 0-based, the ranker's among the reranked
+            candidates; ties go to retrieval's order), calibrated on the held cuts like the
+            probability mix. It asks the ranker for an order, not a probability (what a
+            lambdarank ranker gives), and w = 0 is again exactly the retriever's order.
+        refit_on_held: after the held cuts chose the ranker's training length (early stopping),
+            its calibration and ``ranker_weight``, retrain the ranker on every request moment,
+            the held ones included (the latest: most like the requests it will serve), with
+            those choices (a ranker that supports it: ``LightGBMRanker``). The calibrations
+            stay those fitted with the held-out scores.
+        ranker_rounds: training lengths (trees) to choose from on the held cuts together with w
+            (``mix="rank"``, a LightGBM ranker trained with ``max_rounds`` >= the largest):
+            the length whose order, mixed at its own chosen weight, has the best estimated
+            NDCG@10 on the held cuts (ties: the shorter). ``()``: the ranker's own early
+            stopping decides. LightGBM's early stopping scores the ranker alone (w = 1) tree by
+            tree, and on MovieLens stopped after 1–2 trees, while the mix wanted ~200.
+        features: the feature set when none is given. ``"default"``: ``default_feature_set``
+            (+ source scores and ranks); ``"relative"``: ``relative_feature_set`` (retrieval
+            ranks, item trends and within-request percentiles; no item id, no raw counts), its
+            windows the label window.
+
+    With ``mix="rank"`` or a ``rerank_depth``, every candidate within the depth of each request
+    is a training example (no negative sampling): the ranker learns an order within a request
+    (lambdarank groups, within-request percentiles) and needs the whole request for it.
     """
 
     n_candidates: int = 200
@@ -159,6 +198,11 @@ class TwoStageConfig:
     ranker_weight: float | None = None
     validation_share: float = 0.25
     seed: int = 0
+    rerank_depth: int | None = None
+    mix: str = "probability"
+    refit_on_held: bool = False
+    ranker_rounds: tuple[int, ...] = ()
+    features: str = "default"
 
     def validate(self) -> None:
         if not isinstance(self.n_candidates, int) or self.n_candidates < 1:
@@ -175,6 +219,24 @@ class TwoStageConfig:
             raise ModelError(f"validation_share must lie in (0, 1), got {self.validation_share!r}")
         if self.ranker_weight is not None and not 0.0 <= self.ranker_weight <= 1.0:
             raise ModelError(f"ranker_weight must lie in [0, 1], got {self.ranker_weight!r}")
+        if self.rerank_depth is not None and (not isinstance(self.rerank_depth, int) or self.rerank_depth < 1):
+            raise ModelError(f"rerank_depth must be a positive integer or None, got {self.rerank_depth!r}")
+        if self.mix not in MIXES:
+            raise ModelError(f"mix must be one of {MIXES}, got {self.mix!r}")
+        if self.ranker_rounds and (self.mix != "rank" or min(self.ranker_rounds) < 1):
+            raise ModelError("ranker_rounds must be positive numbers of trees, and needs mix='rank'")
+        if self.features not in ("default", "relative"):
+            raise ModelError(f"features must be 'default' or 'relative', got {self.features!r}")
+
+    @property
+    def every_candidate(self) -> bool:
+        """Whether every candidate within the depth is a training example (no negative sampling)."""
+        return self.mix == "rank" or self.rerank_depth is not None
+
+    @property
+    def depth(self) -> int:
+        """Candidates the ranker re-orders per request."""
+        return self.n_candidates if self.rerank_depth is None else min(self.rerank_depth, self.n_candidates)
 
 
 @dataclass(frozen=True)
@@ -192,6 +254,13 @@ class RankCandidates:
 
     def __len__(self) -> int:
         return len(self.items)
+
+    def head(self, n: int) -> RankCandidates:
+        """The first ``n`` candidates (source ranks stay those among all the candidates)."""
+        if n >= len(self.items):
+            return self
+        return RankCandidates(self.items[:n], self.scores[:n], None if self.sources is None else self.sources[:n],
+                              {k: v[:n] for k, v in self.source_features.items()})
 
 
 def _source_ranks(scores: np.ndarray) -> np.ndarray:
@@ -351,6 +420,48 @@ def _fit_ranker(template: RankerBase, data: RankingSet, start: int) -> RankerBas
     return type(template)(config).fit(data)
 
 
+def _fit_stage(template: RankerBase, data: RankingSet, start: int, config: TwoStageConfig) -> tuple[RankerBase, Interpolation]:
+    """The ranker (validated on the moments from ``start`` on) and the final score's interpolation
+    (weight chosen and calibrated on them); with ``refit_on_held``, the ranker then retrained on
+    every moment with those choices."""
+    ranker = _fit_ranker(template, data, start)
+    interpolation = Interpolation.fit(ranker, data, config.ranker_weight, ranker.config.calibration, start, config.mix)
+    if config.ranker_rounds:
+        if not hasattr(ranker, "truncated"):
+            raise ModelError(f"ranker_rounds needs a ranker that can be truncated (LightGBMRanker), not {ranker.name}")
+        best, chosen = -np.inf, (ranker, interpolation)
+        for rounds in sorted(set(config.ranker_rounds)):
+            shorter = ranker.truncated(rounds)
+            mixed = Interpolation.fit(shorter, data, config.ranker_weight, ranker.config.calibration, start, config.mix)
+            score = mixed.held_ndcg()
+            if score > best + 1e-12:
+                best, chosen = score, (shorter, mixed)
+        ranker, interpolation = chosen
+    if config.refit_on_held:
+        ranker = ranker.refit(data)
+    return ranker, interpolation
+
+
+def _ranker_positions(logits: np.ndarray, positions: np.ndarray, request: np.ndarray) -> np.ndarray:
+    """0-based place of each row in its request when ordered by logit (ties: retrieval position)."""
+    order = np.lexsort((positions, -logits, request))
+    req = request[order]
+    starts = np.flatnonzero(np.r_[True, req[1:] != req[:-1]])
+    first = np.repeat(starts, np.diff(np.r_[starts, len(req)]))
+    out = np.empty(len(order), dtype=np.float64)
+    out[order] = np.arange(len(order)) - first
+    return out
+
+
+def _rank_key(positions: np.ndarray, ranker_positions: np.ndarray, weight: float) -> np.ndarray:
+    """The rank mix: ``-[(1 - w) log(1 + retrieval position) + w log(1 + ranker position)]``."""
+    a = np.log1p(np.asarray(positions, dtype=np.float64))
+    if weight <= 0.0:
+        return -a
+    b = np.log1p(np.asarray(ranker_positions, dtype=np.float64))
+    return -b if weight >= 1.0 else -((1.0 - weight) * a + weight * b)
+
+
 def _position_key(positions: np.ndarray) -> np.ndarray:
     """What the retrieval prior reads: larger for earlier positions (0 = the retriever's top)."""
     return -np.log1p(np.asarray(positions, dtype=np.float64))
@@ -358,12 +469,17 @@ def _position_key(positions: np.ndarray) -> np.ndarray:
 
 @dataclasses.dataclass
 class Interpolation:
-    """Final score of a candidate: ``(1 - w) * prior(position) + w * p_ranker``, then calibrated.
+    """Final score of a candidate: ``(1 - w) * prior(position) + w * p_ranker`` (``mix`` "probability")
+    or ``-[(1 - w) log(1 + position) + w log(1 + ranker position)]`` ("rank"), then calibrated.
 
     ``prior`` maps the retriever's position to an engagement probability (isotonic, fitted on the
     earlier cuts); ``final`` calibrates the interpolated score on the held cuts (the ranker's own
-    validation cuts). ``held`` keeps their (prior, ranker probability, label, weight) so
-    that another weight can be calibrated without refitting anything.
+    validation cuts). ``held`` keeps their (prior, ranker probability, label, weight) and
+    ``held_ranks`` their (retrieval position, ranker position), so that another weight can be
+    calibrated without refitting anything.
+
+    Called with the ranker's outputs for the first ``len(p_ranker)`` of ``n`` candidates (the
+    reranked head), the rest keep retrieval's order below the head.
     """
 
     prior: Calibrator
@@ -371,59 +487,108 @@ class Interpolation:
     weight: float
     held: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None
     choice: WeightChoice | None = None  # how an "auto" weight was chosen (None: it was given)
+    mix: str = "probability"
+    held_ranks: tuple[np.ndarray, np.ndarray] | None = None
+    held_request: np.ndarray | None = None
 
     @classmethod
-    def fit(cls, ranker: RankerBase, data: RankingSet, weight: float | None, method: str, start: int) -> Interpolation:
+    def fit(cls, ranker: RankerBase, data: RankingSet, weight: float | None, method: str, start: int,
+            mix: str = "probability") -> Interpolation:
         positions = np.asarray(data.examples["candidate_rank"].to_numpy(zero_copy_only=False), dtype=np.float64)
         last = data.timestamp_us >= start  # the held cuts (the ranker's own validation moments)
         early = ~last if (~last).any() else last
         prior = Calibrator("isotonic").fit(_position_key(positions[early]), data.labels[early], data.weights[early])
         held_rows = np.flatnonzero(last)
-        p_ranker, _ = ranker.predict_with_logits(data.features.take(held_rows))
+        p_ranker, logits = ranker.predict_with_logits(data.features.take(held_rows))
         held = (prior(_position_key(positions[held_rows])), p_ranker, data.labels[held_rows].astype(np.float64),
                 data.weights[held_rows].astype(np.float64))
+        held_ranks = None
+        mixer = None
+        if mix == "rank":
+            pos = positions[held_rows]
+            held_ranks = (pos, _ranker_positions(logits, pos, data.request[held_rows]))
+            tie = 1e-9 * np.log1p(pos)  # ties go to retrieval's order, as at serving
+
+            def mixer(w: float) -> np.ndarray:
+                return _rank_key(*held_ranks, w) - tie
         choice = None
         if weight is None:  # "auto": the held cut decides, retrieval's order unless the ranker wins clearly
-            choice = choose_weight(*held, data.request[held_rows])
+            choice = choose_weight(*held, data.request[held_rows], mixer=mixer)
             weight = choice.weight
-        out = cls(prior, Calibrator(method), weight, held).reweighted(weight)
+        out = cls(prior, Calibrator(method), weight, held, mix=mix, held_ranks=held_ranks,
+                  held_request=data.request[held_rows]).reweighted(weight)
         out.choice = choice
         return out
 
-    def reweighted(self, weight: float) -> Interpolation:
+    def held_ndcg(self, k: int = 10) -> float:
+        """Mean estimated NDCG@k of the final order on the held cuts (requests with a positive)."""
         if self.held is None:
+            raise ModelError("this model was loaded from disk without its calibration cut")
+        prior, p_ranker, y, w = self.held
+        if self.mix == "rank" and self.held_ranks is not None:
+            key = _rank_key(*self.held_ranks, self.weight) - 1e-9 * np.log1p(self.held_ranks[0])
+        else:
+            key = self.blend(prior, p_ranker, self.weight) + 1e-12 * prior
+        if self.held_request is None:
+            raise ModelError("held_ndcg needs the held requests")
+        values = estimated_ndcg(key, y, w, self.held_request, k)
+        return float(np.nanmean(values)) if np.isfinite(values).any() else 0.0
+
+    def reweighted(self, weight: float) -> Interpolation:
+        if self.held is None or (self.mix == "rank" and self.held_ranks is None):
             raise ModelError("this model was loaded from disk without its calibration cut; refit it to change ranker_weight")
         prior, p_ranker, y, w = self.held
-        final = Calibrator(self.final.method).fit(self.mix(prior, p_ranker, weight), y, w)
-        return Interpolation(self.prior, final, weight, self.held, self.choice)
+        key = _rank_key(*self.held_ranks, weight) if self.mix == "rank" and self.held_ranks is not None else self.blend(prior, p_ranker, weight)
+        final = Calibrator(self.final.method).fit(key, y, w)
+        return Interpolation(self.prior, final, weight, self.held, self.choice, self.mix, self.held_ranks, self.held_request)
 
     @staticmethod
-    def mix(prior: np.ndarray, p_ranker: np.ndarray, weight: float) -> np.ndarray:
+    def blend(prior: np.ndarray, p_ranker: np.ndarray, weight: float) -> np.ndarray:
         if weight <= 0.0:
             return np.asarray(prior, dtype=np.float64)
         if weight >= 1.0:
             return np.asarray(p_ranker, dtype=np.float64)
         return (1.0 - weight) * prior + weight * p_ranker
 
-    def __call__(self, p_ranker: np.ndarray, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``(probabilities, order)`` of candidates given in retrieval order."""
-        positions = np.arange(len(p_ranker))
-        key = self.mix(self.prior(_position_key(positions)), p_ranker, self.weight)
+    def __call__(self, p_ranker: np.ndarray, logits: np.ndarray, n: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``(probabilities, order)`` of ``n`` candidates given in retrieval order, the ranker's
+        outputs covering the first ``len(p_ranker)`` (default: all of them)."""
+        m = len(p_ranker)
+        n = m if n is None else max(int(n), m)
+        positions = np.arange(n)
+        logits = np.nan_to_num(np.asarray(logits, dtype=np.float64), nan=-40.0, posinf=40.0, neginf=-40.0)
+        if self.mix == "rank":
+            ranks = positions.astype(np.float64)  # past the head: its own position (below the head)
+            ranks[np.lexsort((positions[:m], -logits))] = np.arange(m)
+            key = _rank_key(positions, ranks, self.weight)
+            p = self.final(key)
+            return np.where(np.isfinite(p), p, 0.0), np.lexsort((positions, -key))
+        key = self.prior(_position_key(positions))
+        key[:m] = self.blend(key[:m], np.nan_to_num(np.asarray(p_ranker, dtype=np.float64)), self.weight)
         p = self.final(key)
         p = np.where(np.isfinite(p), p, 0.0)
         if self.weight <= 0.0:
-            return p, np.lexsort((positions, -key))  # exactly the retriever's order
-        return p, np.lexsort((positions, -logits, -key))
+            head = np.lexsort((positions[:m], -key[:m]))  # exactly the retriever's order
+        else:
+            head = np.lexsort((positions[:m], -logits, -key[:m]))
+        if m == n:
+            return p, head
+        if m:
+            p[m:] = np.minimum(p[m:], p[:m].min())  # the tail stays below the head
+        return p, np.r_[head, positions[m:]]
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"prior": self.prior.to_dict(), "final": self.final.to_dict(), "weight": self.weight}
+        if self.mix != "probability":
+            out["mix"] = self.mix
         if self.choice is not None:
             out["choice"] = self.choice.to_dict()
         return out
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> Interpolation:
-        return cls(Calibrator.from_dict(raw["prior"]), Calibrator.from_dict(raw["final"]), float(raw["weight"]))
+        return cls(Calibrator.from_dict(raw["prior"]), Calibrator.from_dict(raw["final"]), float(raw["weight"]),
+                   mix=str(raw.get("mix", "probability")))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -456,11 +621,16 @@ class TwoStage:
         ranker = NeuralRanker() if ranker is None else ranker
         if not isinstance(ranker, RankerBase):
             raise ModelError(f"{ranker!r} is not a shelf ranker (NeuralRanker or LightGBMRanker)")
+        if config.refit_on_held and not ranker.supports_refit:
+            raise ModelError(f"refit_on_held needs a ranker that can be refitted (LightGBMRanker), not {ranker.name}")
         if feature_set is None:
-            feature_set = default_feature_set()
             sources = list(getattr(retriever, "sources", {}) or {})
-            if config.source_features and sources:
-                feature_set = FeatureSet([*feature_set.features, *source_score_features(sources)])
+            if config.features == "relative":
+                feature_set = relative_feature_set(sources if config.source_features else (), config.label_window_s)
+            else:
+                feature_set = default_feature_set()
+                if config.source_features and sources:
+                    feature_set = FeatureSet([*feature_set.features, *source_score_features(sources)])
         self.retriever = retriever
         # Every fit (one per request moment, then the final one) starts from a pristine copy: a
         # retriever refitted in place may keep caches of its previous fit (id indexes, matrices),
@@ -583,8 +753,10 @@ class TwoStage:
                 f"need 2 (lower label_window_s / cut_spacing_s or train on a longer window)"
             )
 
+        depth = c.depth
+
         def generator(user_id: str | None, t: datetime, n: int) -> Scored:
-            return candidates[(str(user_id), _us(t))]  # type: ignore[return-value]
+            return candidates[(str(user_id), _us(t))].head(depth)  # type: ignore[return-value]
 
         requests = pa.table({
             "user_id": pa.array([u for u, _ in request_rows], type=pa.string()),
@@ -597,6 +769,8 @@ class TwoStage:
             n_candidates=c.n_candidates, label_window_s=c.label_window_s,
             negatives_per_positive=c.negatives_per_positive, min_negatives=c.min_negatives, seed=c.seed,
         )
+        if c.every_candidate:  # every candidate within the depth, none sampled (weights 1)
+            labels = dataclasses.replace(labels, n_candidates=depth, negatives_per_positive=1, min_negatives=depth)
         ranking = build_ranking_set(
             events, generator, items=data.item_table, users=data.user_table, requests=requests,
             feature_set=self.feature_set, labels=labels,
@@ -605,8 +779,7 @@ class TwoStage:
         gap = c.label_window_s * 1_000_000
         start = _held_start(ranking.timestamp_us, ranking.request, c.validation_share, gap)
         ranking = ranking.take(_kept_rows(ranking.timestamp_us, start, gap))
-        ranker = _fit_ranker(self.ranker, ranking, start)
-        self.interpolation_ = Interpolation.fit(ranker, ranking, c.ranker_weight, ranker.config.calibration, start)
+        ranker, self.interpolation_ = _fit_stage(self.ranker, ranking, start, c)
         ranked = time.perf_counter()
         self.retriever = final
         self.ranker_ = ranker
@@ -630,7 +803,13 @@ class TwoStage:
             "ranker_fit_s": round(ranked - built, 3),
             "ranker_examples_per_s": round(len(ranking) / max(ranked - built, 1e-9), 1),
             "ranker_weight": self.interpolation_.weight,
+            "mix": c.mix,
+            "rerank_depth": depth,
+            "refit_on_held": c.refit_on_held,
         }
+        if hasattr(ranker, "rounds_"):
+            self.fit_stats_["ranker_rounds"] = ranker.rounds_
+            self.fit_stats_["held_ndcg"] = round(self.interpolation_.held_ndcg(), 6)
         if self.interpolation_.choice is not None:
             self.fit_stats_["ranker_weight_choice"] = self.interpolation_.choice.to_dict()
         return self
@@ -690,11 +869,12 @@ class TwoStage:
         found = candidates_of(self.retriever, retrieval_query(query), size)
         if not len(found):
             return found, np.empty(0), np.empty(0, dtype=np.int64)
-        p_ranker, logits = self.ranker_.predict_with_logits(self.online_.frame(query, found))
+        head = found if self.config.rerank_depth is None else found.head(self.config.rerank_depth)
+        p_ranker, logits = self.ranker_.predict_with_logits(self.online_.frame(query, head))
         interpolation = self.__dict__.get("interpolation_")
         if interpolation is None:  # saved before the interpolation existed: the ranker alone
             return found, p_ranker, np.lexsort((np.arange(len(p_ranker)), -logits, -p_ranker))
-        p, order = interpolation(p_ranker, logits)
+        p, order = interpolation(p_ranker, logits, len(found))
         return found, p, order
 
     def with_ranker_weight(self, weight: float) -> TwoStage:
@@ -753,10 +933,11 @@ class TwoStage:
         self._check_fitted()
         if not isinstance(ranker, RankerBase):
             raise ModelError(f"{ranker!r} is not a shelf ranker (NeuralRanker or LightGBMRanker)")
+        if self.config.refit_on_held and not ranker.supports_refit:
+            raise ModelError(f"refit_on_held needs a ranker that can be refitted (LightGBMRanker), not {ranker.name}")
         twin = copy.copy(self)
         twin.ranker = ranker
-        twin.ranker_ = _fit_ranker(ranker, self.ranking_set_, self.held_from_us_)
-        twin.interpolation_ = Interpolation.fit(twin.ranker_, self.ranking_set_, self.config.ranker_weight, twin.ranker_.config.calibration, self.held_from_us_)
+        twin.ranker_, twin.interpolation_ = _fit_stage(ranker, self.ranking_set_, self.held_from_us_, self.config)
         twin.fit_stats_ = {**self.fit_stats_, "ranker_weight": twin.interpolation_.weight}
         if twin.interpolation_.choice is not None:
             twin.fit_stats_["ranker_weight_choice"] = twin.interpolation_.choice.to_dict()
@@ -777,8 +958,7 @@ class TwoStage:
         twin = copy.copy(self)
         ranking = self.ranking_set_.with_features(sub)
         start = self.held_from_us_  # the full model's held cuts (its ranking set is already purged)
-        twin.ranker_ = _fit_ranker(self.ranker, ranking, start)
-        twin.interpolation_ = Interpolation.fit(twin.ranker_, ranking, self.config.ranker_weight, twin.ranker_.config.calibration, start)
+        twin.ranker_, twin.interpolation_ = _fit_stage(self.ranker, ranking, start, self.config)
         return twin
 
     # -- persistence ----------------------------------------------------------------------------
@@ -891,3 +1071,29 @@ class _Ablated:
 
     def score_users(self, users: np.ndarray) -> np.ndarray:
         return self.model_.score_users(users)
+
+
+def rerank_ranker(seed: int = 0) -> LightGBMRanker:
+    """The lambdarank ranker of ``rerank_two_stage``: small, regularised trees (a few hundred
+    requests train it), a 5-seed bagging ensemble of 200 trees each (no early stopping:
+    LightGBM's scores the ranker alone and stopped MovieLens after 1–2 trees; pass
+    ``ranker_rounds`` to ``rerank_two_stage`` to let the held cuts choose a length)."""
+    from shelf.models.ranking import LightGBMRankerConfig
+
+    return LightGBMRanker(LightGBMRankerConfig(
+        objective="lambdarank", num_leaves=7, learning_rate=0.05, min_data_in_leaf=100, feature_fraction=0.8,
+        bagging_fraction=0.8, lambda_l2=10.0, truncation_level=10, max_rounds=200, early_stopping_rounds=0,
+        n_models=5, seed=seed,
+    ))
+
+
+def rerank_two_stage(retriever: Any = None, *, seed: int = 0, **config: Any) -> TwoStage:
+    """The engagement re-ranker: LightGBM lambdarank re-orders the blend's top 30 of 100 on
+    ``relative`` features, mixed with the blend by rank, the weight chosen on the held cuts
+    (w = 0 unless the ranker wins clearly there), then refitted on every request moment.
+
+    ``config`` overrides ``TwoStageConfig`` fields (``label_window_s``, cuts, ...).
+    """
+    fields = {"n_candidates": 100, "rerank_depth": 30, "mix": "rank", "refit_on_held": True, "features": "relative",
+              "ranker_weight": None, "seed": seed, **config}
+    return TwoStage(retriever, rerank_ranker(seed), config=TwoStageConfig(**fields))

@@ -13,6 +13,7 @@ Saved as a folder, no pickle::
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 from pathlib import Path
@@ -59,6 +60,7 @@ class RankerBase:
     """
 
     name: ClassVar[str] = "ranker"
+    supports_refit: ClassVar[bool] = False  # ``refit`` (``_refit``) is implemented
     config_class: ClassVar[type]
     model_file: ClassVar[str] = "model.bin"
     config: Any
@@ -112,6 +114,29 @@ class RankerBase:
             raise ModelFitError(f"{type(self).__name__}: training produced NaN or infinite scores")
         self.calibrator_ = Calibrator(self.config.calibration).fit(logits, valid.labels, valid.weights)
         return self
+
+    def refit(self, data: RankingSet) -> Self:
+        """A copy retrained on every row of ``data`` (validation rows included), keeping what this
+        fit chose on its validation cut: the training length (early stopping), the encoder and
+        the calibrator (fitted on this fit's out-of-sample validation scores).
+
+        What a ranker fitted on earlier requests gives up to the latest ones (where the shop is
+        most like tomorrow) it gets back here, once the choices that need held-out rows are made.
+        """
+        self._check_fitted()
+        if not self.supports_refit:
+            raise ModelError(f"{type(self).__name__} cannot be refitted on all rows (use LightGBMRanker)")
+        if len(data) == 0 or data.labels.min() == data.labels.max():
+            raise ModelFitError(f"{type(self).__name__}: refit needs positives and negatives")
+        twin = copy.copy(self)
+        twin._refit(data)
+        logits = twin._logits(data.features)
+        if not np.all(np.isfinite(logits)):
+            raise ModelFitError(f"{type(self).__name__}: refit produced NaN or infinite scores")
+        return twin
+
+    def _refit(self, data: RankingSet) -> None:
+        raise NotImplementedError
 
     # -- scoring --------------------------------------------------------------------------------
 

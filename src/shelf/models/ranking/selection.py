@@ -16,7 +16,7 @@ weights of the rows ranked above it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -72,12 +72,20 @@ def choose_weight(
     k: int = 10,
     resamples: int = 1000,
     seed: int = 0,
+    mixer: Callable[[float], np.ndarray] | None = None,
 ) -> WeightChoice:
-    """The weight of ``grid`` whose gain over ``w = 0`` is largest among those that win clearly (else 0)."""
+    """The weight of ``grid`` whose gain over ``w = 0`` is largest among those that win clearly (else 0).
+
+    ``mixer(w)``: the score of each row at weight ``w`` when the final score is not the
+    probability mix (``TwoStage``'s rank mix); it must break its ties by retrieval's order.
+    """
     if 0.0 not in grid:
         raise ValueError("the weight grid must contain 0 (retrieval's own order), the fallback")
     per_weight: dict[float, np.ndarray] = {}
     for w in grid:
+        if mixer is not None:
+            per_weight[float(w)] = estimated_ndcg(np.asarray(mixer(float(w)), dtype=np.float64), labels, weights, request, k)
+            continue
         mixed = prior if w <= 0 else p_ranker if w >= 1 else (1.0 - w) * prior + w * p_ranker
         # Ties in the mixed score fall back to retrieval's order (the prior, then nothing).
         score = mixed + 1e-12 * prior
