@@ -191,15 +191,19 @@ def _latency(model: Any, split: Any, n_requests: int, others: dict[str, Any] | N
     torch.set_num_threads(1)
     users = split.train.users.ids[split.test_users][:n_requests].tolist()
     users = (users * (n_requests // max(len(users), 1) + 1))[:n_requests]
-    frames, full = [], []
+    founds, full = [], []
     for u in users:
         started = time.perf_counter()
         found, _, _ = model.rank(Query(str(u)), 500)
         full.append(time.perf_counter() - started)
-        frames.append(model.online_.frame(Query(str(u), context=_ctx(model)), found))
+        founds.append((u, found))
+    frames = [model.online_.frame(Query(str(u), context=_ctx(model)), found) for u, found in founds]
+
     def rank_only(m: Any) -> list[float]:
+        # the same candidates, as each model's own features describe them (feature sets differ)
+        own = frames if m is model else [m.online_.frame(Query(str(u), context=_ctx(m)), found) for u, found in founds]
         out = []
-        for frame in frames:
+        for frame in own:
             started = time.perf_counter()
             p, logits = m.ranker_.predict_with_logits(frame)  # encode + model + calibration
             m.interpolation_(p, logits)  # blend prior, interpolation, final calibration, order
