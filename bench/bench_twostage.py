@@ -11,13 +11,12 @@ Same data sets and splits as ``bench_quality`` (its helpers are imported). Proto
    probabilities are evaluated on), not tuned. The grid also holds the re-ranker
    (``rerank_two_stage``: LightGBM lambdarank re-ordering the blend's top 30 of N = 100 on
    relative features, rank mix, refitted on every moment; one fit, every w), and, outside the
-   choice, two models that choose w on their own held training cuts: that re-ranker (what
-   ``shelf train`` ships as ``shelf-twostage``) and the previous default (neural, N = 200,
-   ``shelf-twostage-neural``), each compared with shelf-blend (paired 95% CI).
+   choice, two models that choose w on their own held training cuts: that re-ranker
+   (``shelf-twostage-rerank``) and the default two-stage that ``shelf train`` ships (neural,
+   N = 200, ``shelf-twostage``), each compared with shelf-blend (paired 95% CI).
 2. The chosen configuration, shelf-blend and the peers are evaluated once on the **test cut**,
-   beside the default two-stage that ``shelf train`` ships (the re-ranker, the ranker weight
-   chosen by the model itself on its held training cuts) and the previous default (same request
-   moments and label window).
+   beside the default two-stage and the re-ranker, each with the ranker weight chosen by the
+   model itself on its held training cuts (same request moments and label window).
 3. Calibration on the test cut is reported twice: the runner's (over the whole catalogue of every
    test user with a relevant event; non-candidates carry the outside rate) and over the
    candidates only (the harder number: every one of the N candidates of those users).
@@ -154,7 +153,7 @@ def _rerank_grid(window_s: int, shared: dict[str, Any]) -> dict[str, Any]:
 
 
 RERANK_AUTO = "rerank (N={n}, top 30, w auto)"
-DEFAULT_AUTO = "previous default (N=200, neural, w auto)"
+DEFAULT_AUTO = "default (N=200, neural, w auto)"
 
 
 def _score(result: Any, name: str) -> float:
@@ -284,16 +283,16 @@ def run_case(case: Any, work: Path, requests: int, log: list[str]) -> str:
     # 2. the test cut, once
     kept: list[Any] = []
     name = f"shelf-twostage (N={n_best}, {ranker_best}, w={w_best:g})"
-    # What `shelf train` ships (the zoo's ``shelf-twostage``: the re-ranker, choosing w itself on
-    # its held training cuts), and the previous default (neural over N=200, w auto, now
-    # ``shelf-twostage-neural``); same request moments and label window as the grid.
+    # What `shelf train` ships (the zoo's ``shelf-twostage``: neural over N=200, choosing w itself
+    # on its held training cuts), and the re-ranker (``shelf-twostage-rerank``, w auto too); same
+    # request moments and label window as the grid.
     default_kept: list[Any] = []
-    default_name = f"shelf-twostage default ({RERANK_AUTO.format(n=RERANK_N)})"
-    previous_name = "shelf-twostage-neural (N=200, neural, w auto)"
+    default_name = "shelf-twostage default (N=200, neural, w auto)"
+    rerank_name = f"shelf-twostage-rerank ({RERANK_AUTO.format(n=RERANK_N)})"
     models = {
         name: _factory(n_best, ranker_best, window_s, keep=kept, weight=w_best),
-        default_name: _factory(RERANK_N, RERANK, window_s, keep=default_kept, weight=None),
-        previous_name: _factory(200, "neural", window_s, weight=None),
+        default_name: _factory(200, "neural", window_s, keep=default_kept, weight=None),
+        rerank_name: _factory(RERANK_N, RERANK, window_s, weight=None),
         **pick(["shelf-blend", *PEERS], tune=True),
     }
     started = time.perf_counter()
@@ -311,7 +310,7 @@ def run_case(case: Any, work: Path, requests: int, log: list[str]) -> str:
             lines.append(f"| {m} | {view} | " + " | ".join(f"{v:.4f}" for v in vals) + " |")
     lines += ["", "| two-stage | view | shelf-blend NDCG@10 | two-stage NDCG@10 | ratio (target ≥ 1.05×) | two-stage − blend, 95% CI |",
               "|---|---|---:|---:|---:|---|"]
-    for label, m in (("validation-grid choice", name), ("default: re-ranker (w auto)", default_name), ("previous default: neural (w auto)", previous_name)):
+    for label, m in (("validation-grid choice", name), ("default (w auto)", default_name), ("re-ranker (w auto)", rerank_name)):
         for view in views:
             b, t = res.value("shelf-blend", "ndcg", 10, view), res.value(m, "ndcg", 10, view)
             ci = res.compare(m, "shelf-blend", "ndcg", 10, view)
