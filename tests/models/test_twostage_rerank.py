@@ -32,8 +32,10 @@ from shelf.models.twostage import (
     _context,
     _dt,
     _fit_stage,
+    _position_key,
     _rank_key,
     _ranker_positions,
+    _tail_calibrator,
     rerank_two_stage,
     retrieval_query,
 )
@@ -223,6 +225,35 @@ def test_save_load_round_trip_with_the_options(fitted: TwoStage, split: UserSpli
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["config"]["mix"] == "rank" and manifest["config"]["rerank_depth"] == DEPTH
     assert not list(folder.rglob("*.pkl")) and not list(folder.rglob("*.pickle"))
+
+
+def test_the_tail_past_the_depth_gets_the_held_cuts_rate_by_position() -> None:
+    """Positions past the rerank depth are calibrated on the held cuts' own engagement there (the
+    ranking set only holds the head, so the head's calibrators never saw them)."""
+    rng = np.random.default_rng(0)
+    start = 1_000
+    rows = []
+    for moment in (10, 2_000):  # one moment before the held cuts, one at them
+        for pos in range(10, 40):
+            rate = 0.3 if pos < 20 else 0.05  # the held cuts' rates
+            if moment < start:
+                rate = 0.9  # earlier moments say otherwise: not read while held rows exist
+            rows += [(moment, pos, bool(rng.random() < rate)) for _ in range(400)]
+    tail = _tail_calibrator(rows, start)
+    assert tail is not None
+    near, far = tail(_position_key(np.array([12])))[0], tail(_position_key(np.array([35])))[0]
+    assert abs(near - 0.3) < 0.05 and abs(far - 0.05) < 0.03
+    assert _tail_calibrator([], start) is None
+
+
+def test_tail_probabilities_follow_the_tail_calibrator(fitted: TwoStage, split: UserSplit) -> None:
+    interpolation = fitted.interpolation_
+    assert interpolation.tail is not None and 0.0 <= interpolation.tail_floor < 1.0
+    found, p, _ = fitted.rank(_query(split, 1))
+    positions = np.arange(DEPTH, len(found))
+    want = np.minimum(np.maximum(interpolation.tail(_position_key(positions)), interpolation.tail_floor), p[:DEPTH].min())
+    np.testing.assert_allclose(p[DEPTH:], want)
+    assert Interpolation.from_dict(json.loads(json.dumps(interpolation.to_dict()))).tail is not None  # saved with the model
 
 
 def test_probability_mix_with_a_rerank_depth(split: UserSplit) -> None:

@@ -442,6 +442,18 @@ def _fit_stage(template: RankerBase, data: RankingSet, start: int, config: TwoSt
     return ranker, interpolation
 
 
+def _tail_calibrator(rows: list[tuple[int, int, bool]], start: int) -> Calibrator | None:
+    """Engagement rate by retrieval position past the rerank depth (isotonic in the position
+    key), from the held cuts' requests (every moment's when the held cuts hold none)."""
+    if not rows:
+        return None
+    moments, positions, engaged = (np.asarray(col) for col in zip(*rows, strict=True))
+    held = moments >= start
+    keep = held if held.any() else np.ones(len(moments), dtype=bool)
+    y = engaged[keep].astype(np.float64)
+    return Calibrator("isotonic").fit(_position_key(positions[keep]), y, np.ones(len(y)))
+
+
 def _ranker_positions(logits: np.ndarray, positions: np.ndarray, request: np.ndarray) -> np.ndarray:
     """0-based place of each row in its request when ordered by logit (ties: retrieval position)."""
     order = np.lexsort((positions, -logits, request))
@@ -490,6 +502,10 @@ class Interpolation:
     mix: str = "probability"
     held_ranks: tuple[np.ndarray, np.ndarray] | None = None
     held_request: np.ndarray | None = None
+    # Engagement rate by retrieval position past the rerank depth, fitted on the held cuts: the
+    # ranking set holds only the reranked head, so the calibrators above never saw those positions.
+    tail: Calibrator | None = None
+    tail_floor: float = 0.0  # a candidate is no less likely than an item outside the candidates
 
     @classmethod
     def fit(cls, ranker: RankerBase, data: RankingSet, weight: float | None, method: str, start: int,
@@ -540,7 +556,7 @@ class Interpolation:
         prior, p_ranker, y, w = self.held
         key = _rank_key(*self.held_ranks, weight) if self.mix == "rank" and self.held_ranks is not None else self.blend(prior, p_ranker, weight)
         final = Calibrator(self.final.method).fit(key, y, w)
-        return Interpolation(self.prior, final, weight, self.held, self.choice, self.mix, self.held_ranks, self.held_request)
+        return Interpolation(self.prior, final, weight, self.held, self.choice, self.mix, self.held_ranks, self.held_request, self.tail, self.tail_floor)
 
     @staticmethod
     def blend(prior: np.ndarray, p_ranker: np.ndarray, weight: float) -> np.ndarray:
@@ -562,7 +578,8 @@ class Interpolation:
             ranks[np.lexsort((positions[:m], -logits))] = np.arange(m)
             key = _rank_key(positions, ranks, self.weight)
             p = self.final(key)
-            return np.where(np.isfinite(p), p, 0.0), np.lexsort((positions, -key))
+            p = self._below_head(np.where(np.isfinite(p), p, 0.0), m)
+            return p, np.lexsort((positions, -key))
         key = self.prior(_position_key(positions))
         key[:m] = self.blend(key[:m], np.nan_to_num(np.asarray(p_ranker, dtype=np.float64)), self.weight)
         p = self.final(key)
@@ -573,14 +590,27 @@ class Interpolation:
             head = np.lexsort((positions[:m], -logits, -key[:m]))
         if m == n:
             return p, head
+        return self._below_head(p, m), np.r_[head, positions[m:]]
+
+    def _below_head(self, p: np.ndarray, m: int) -> np.ndarray:
+        """Probabilities past the reranked head (``p[m:]``): the held cuts' engagement rate at
+        those positions where known (``tail``), never above the head's lowest."""
+        if m >= len(p):
+            return p
+        p = np.array(p, dtype=np.float64)
+        if self.tail is not None:
+            p[m:] = np.maximum(self.tail(_position_key(np.arange(m, len(p)))), self.tail_floor)
         if m:
             p[m:] = np.minimum(p[m:], p[:m].min())  # the tail stays below the head
-        return p, np.r_[head, positions[m:]]
+        return p
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"prior": self.prior.to_dict(), "final": self.final.to_dict(), "weight": self.weight}
         if self.mix != "probability":
             out["mix"] = self.mix
+        if self.tail is not None:
+            out["tail"] = self.tail.to_dict()
+            out["tail_floor"] = self.tail_floor
         if self.choice is not None:
             out["choice"] = self.choice.to_dict()
         return out
@@ -588,7 +618,8 @@ class Interpolation:
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> Interpolation:
         return cls(Calibrator.from_dict(raw["prior"]), Calibrator.from_dict(raw["final"]), float(raw["weight"]),
-                   mix=str(raw.get("mix", "probability")))
+                   mix=str(raw.get("mix", "probability")),
+                   tail=Calibrator.from_dict(raw["tail"]) if "tail" in raw else None, tail_floor=float(raw.get("tail_floor", 0.0)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -716,6 +747,8 @@ class TwoStage:
         template = final.as_tuned() if hasattr(final, "as_tuned") else self._retriever_template
         candidates: dict[tuple[str, int], RankCandidates] = {}
         request_rows: list[tuple[str, int]] = []
+        depth = c.depth
+        tail_rows: list[tuple[int, int, bool]] = []  # (moment, position, engaged) past the rerank depth
         outside_hits = outside_slots = 0.0
         cuts_used: list[int] = []
         for cut in self._cuts(data):
@@ -742,6 +775,9 @@ class TwoStage:
                 found = candidates_of(retriever, retrieval_query(Query(uid, context=_context(when))), c.n_candidates)
                 candidates[(uid, cut - 1)] = found
                 request_rows.append((uid, cut - 1))
+                if len(found) > depth:
+                    engaged = hits.get(uid, ())
+                    tail_rows.extend((cut - 1, pos, item in engaged) for pos, item in enumerate(found.items[depth:].tolist(), depth))
                 got = set(found.items.tolist())
                 hits_out += sum(1 for i in hits.get(uid, ()) if i not in got)
                 slots += max(sub.n_items - len(found), 0)
@@ -752,8 +788,6 @@ class TwoStage:
                 f"TwoStage: only {len(cuts_used)} request moment(s) with returning shoppers in the training window; "
                 f"need 2 (lower label_window_s / cut_spacing_s or train on a longer window)"
             )
-
-        depth = c.depth
 
         def generator(user_id: str | None, t: datetime, n: int) -> Scored:
             return candidates[(str(user_id), _us(t))].head(depth)  # type: ignore[return-value]
@@ -780,6 +814,8 @@ class TwoStage:
         start = _held_start(ranking.timestamp_us, ranking.request, c.validation_share, gap)
         ranking = ranking.take(_kept_rows(ranking.timestamp_us, start, gap))
         ranker, self.interpolation_ = _fit_stage(self.ranker, ranking, start, c)
+        self.interpolation_.tail = _tail_calibrator(tail_rows, start)
+        self.interpolation_.tail_floor = float(outside_hits / outside_slots) if outside_slots > 0 else 0.0
         ranked = time.perf_counter()
         self.retriever = final
         self.ranker_ = ranker
@@ -938,6 +974,7 @@ class TwoStage:
         twin = copy.copy(self)
         twin.ranker = ranker
         twin.ranker_, twin.interpolation_ = _fit_stage(ranker, self.ranking_set_, self.held_from_us_, self.config)
+        twin.interpolation_.tail, twin.interpolation_.tail_floor = self.interpolation_.tail, self.interpolation_.tail_floor
         twin.fit_stats_ = {**self.fit_stats_, "ranker_weight": twin.interpolation_.weight}
         if twin.interpolation_.choice is not None:
             twin.fit_stats_["ranker_weight_choice"] = twin.interpolation_.choice.to_dict()
@@ -959,6 +996,7 @@ class TwoStage:
         ranking = self.ranking_set_.with_features(sub)
         start = self.held_from_us_  # the full model's held cuts (its ranking set is already purged)
         twin.ranker_, twin.interpolation_ = _fit_stage(self.ranker, ranking, start, self.config)
+        twin.interpolation_.tail, twin.interpolation_.tail_floor = self.interpolation_.tail, self.interpolation_.tail_floor
         return twin
 
     # -- persistence ----------------------------------------------------------------------------
