@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pytest
 
-from shelf.evaluation import TableSource, TemporalSplit, evaluate
-from shelf.evaluation.splits import UserSplit, end_of_data
+from shelf.evaluation import evaluate
+from shelf.evaluation.splits import UserSplit
 from shelf.features import FeatureSet, SourceScore
 from shelf.features.synthetic import synthetic_shop
 from shelf.models.base import Context, Query
@@ -51,13 +50,6 @@ def make(gbdt: bool = False) -> TwoStage:
         if gbdt else NeuralRanker(NeuralRankerConfig(max_epochs=3, hidden=(16,)))
     )
     return TwoStage(small_blend(), ranker, config=TwoStageConfig(n_candidates=30, label_window_s=WINDOW, negatives_per_positive=5))
-
-
-@pytest.fixture(scope="module")
-def split() -> UserSplit:
-    events, items, users = synthetic_shop(n_users=60, n_items=80, n_sessions=600, days=40, seed=1)
-    source = TableSource(events, items, users)
-    return TemporalSplit(end_of_data(source) - timedelta(days=5), timedelta(days=5)).build(source)
 
 
 @pytest.fixture(scope="module")

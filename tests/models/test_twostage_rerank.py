@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from shelf.evaluation import TableSource, TemporalSplit
-from shelf.evaluation.splits import UserSplit, end_of_data
+from shelf.evaluation.splits import UserSplit
 from shelf.features import Attribute, Relative
-from shelf.features.synthetic import synthetic_shop
 from shelf.models.base import Context, Query
 from shelf.models.io import ModelError
 from shelf.models.ranking import LightGBMRanker, LightGBMRankerConfig, NeuralRanker
@@ -58,13 +55,6 @@ def make(**config: object) -> TwoStage:
     fields = {"n_candidates": 30, "label_window_s": WINDOW, "rerank_depth": DEPTH, "mix": "rank", "refit_on_held": True,
               "features": "relative", "ranker_weight": 0.5, **config}
     return TwoStage(small_blend(), lambdarank(n_models=2, bagging_fraction=0.8), config=TwoStageConfig(**fields))  # type: ignore[arg-type]
-
-
-@pytest.fixture(scope="module")
-def split() -> UserSplit:
-    events, items, users = synthetic_shop(n_users=60, n_items=80, n_sessions=600, days=40, seed=1)
-    source = TableSource(events, items, users)
-    return TemporalSplit(end_of_data(source) - timedelta(days=5), timedelta(days=5)).build(source)
 
 
 @pytest.fixture(scope="module")
