@@ -223,17 +223,17 @@ def test_the_tail_past_the_depth_gets_the_held_cuts_rate_by_position() -> None:
     rng = np.random.default_rng(0)
     start = 1_000
     rows = []
+    rates = np.where(np.arange(10, 40) < 20, 0.3, 0.05)  # the held cuts' rates at positions 10..39
     for moment in (10, 2_000):  # one moment before the held cuts, one at them
-        for pos in range(10, 40):
-            rate = 0.3 if pos < 20 else 0.05  # the held cuts' rates
-            if moment < start:
-                rate = 0.9  # earlier moments say otherwise: not read while held rows exist
-            rows += [(moment, pos, bool(rng.random() < rate)) for _ in range(400)]
-    tail = _tail_calibrator(rows, start)
+        for _ in range(400):
+            # earlier moments say otherwise: not read while held rows exist
+            rate = rates if moment >= start else np.full(len(rates), 0.9)
+            rows.append((moment, rng.random(len(rates)) < rate))
+    tail = _tail_calibrator(rows, start, 10)
     assert tail is not None
     near, far = tail(_position_key(np.array([12])))[0], tail(_position_key(np.array([35])))[0]
     assert abs(near - 0.3) < 0.05 and abs(far - 0.05) < 0.03
-    assert _tail_calibrator([], start) is None
+    assert _tail_calibrator([], start, 10) is None
 
 
 def test_tail_probabilities_follow_the_tail_calibrator(fitted: TwoStage, split: UserSplit) -> None:

@@ -442,16 +442,16 @@ def _fit_stage(template: RankerBase, data: RankingSet, start: int, config: TwoSt
     return ranker, interpolation
 
 
-def _tail_calibrator(rows: list[tuple[int, int, bool]], start: int) -> Calibrator | None:
+def _tail_calibrator(rows: list[tuple[int, np.ndarray]], start: int, depth: int) -> Calibrator | None:
     """Engagement rate by retrieval position past the rerank depth (isotonic in the position
-    key), from the held cuts' requests (every moment's when the held cuts hold none)."""
-    if not rows:
+    key), from the held cuts' requests (every moment's when the held cuts hold none); ``rows``
+    holds each request's moment and whether each candidate from position ``depth`` on engaged."""
+    held = [engaged for moment, engaged in rows if moment >= start] or [engaged for _, engaged in rows]
+    if not held:
         return None
-    moments, positions, engaged = (np.asarray(col) for col in zip(*rows, strict=True))
-    held = moments >= start
-    keep = held if held.any() else np.ones(len(moments), dtype=bool)
-    y = engaged[keep].astype(np.float64)
-    return Calibrator("isotonic").fit(_position_key(positions[keep]), y, np.ones(len(y)))
+    positions = np.concatenate([np.arange(depth, depth + len(e)) for e in held])
+    y = np.concatenate(held).astype(np.float64)
+    return Calibrator("isotonic").fit(_position_key(positions), y, np.ones(len(y)))
 
 
 def _ranker_positions(logits: np.ndarray, positions: np.ndarray, request: np.ndarray) -> np.ndarray:
@@ -748,7 +748,7 @@ class TwoStage:
         candidates: dict[tuple[str, int], RankCandidates] = {}
         request_rows: list[tuple[str, int]] = []
         depth = c.depth
-        tail_rows: list[tuple[int, int, bool]] = []  # (moment, position, engaged) past the rerank depth
+        tail_rows: list[tuple[int, np.ndarray]] = []  # (moment, engaged at each position past the rerank depth)
         outside_hits = outside_slots = 0.0
         cuts_used: list[int] = []
         for cut in self._cuts(data):
@@ -777,7 +777,8 @@ class TwoStage:
                 request_rows.append((uid, cut - 1))
                 if len(found) > depth:
                     engaged = hits.get(uid, ())
-                    tail_rows.extend((cut - 1, pos, item in engaged) for pos, item in enumerate(found.items[depth:].tolist(), depth))
+                    tail = found.items[depth:].tolist()
+                    tail_rows.append((cut - 1, np.fromiter((item in engaged for item in tail), dtype=bool, count=len(tail))))
                 got = set(found.items.tolist())
                 hits_out += sum(1 for i in hits.get(uid, ()) if i not in got)
                 slots += max(sub.n_items - len(found), 0)
@@ -814,7 +815,7 @@ class TwoStage:
         start = _held_start(ranking.timestamp_us, ranking.request, c.validation_share, gap)
         ranking = ranking.take(_kept_rows(ranking.timestamp_us, start, gap))
         ranker, self.interpolation_ = _fit_stage(self.ranker, ranking, start, c)
-        self.interpolation_.tail = _tail_calibrator(tail_rows, start)
+        self.interpolation_.tail = _tail_calibrator(tail_rows, start, depth)
         self.interpolation_.tail_floor = float(outside_hits / outside_slots) if outside_slots > 0 else 0.0
         ranked = time.perf_counter()
         self.retriever = final
