@@ -126,3 +126,30 @@ def test_anonymous_only_batches_pseudonymize(dev_key: bytes) -> None:
     assert pseudo.array(pa.array([None, None], type=pa.string())).to_pylist() == [None, None]
     pseudo.array(pa.array(["a"]))
     assert pseudo.array(pa.array([None], type=pa.string())).to_pylist() == [None]
+
+
+def test_prepared_checks_match_the_planned_query_across_changing_batches(pseudo: Pseudonymizer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Small batches run a statement prepared once per query text, which DuckDB binds again to
+    each batch: the same answers as planning the query each time, whatever the batches' types
+    and whether they repeat, interleave or outnumber the prepared statements kept."""
+    from shelf import schema
+
+    batches = [
+        pa.table({"item_id": ["a", "", "c"], "type": ["view", "view", "teleport"], "timestamp": [1.7e9, 1.7e9, 1.7e9]}),
+        pa.table({"item_id": ["a", "b"], "type": ["view", "purchase"], "timestamp": ["2024-01-01T00:00:00Z", "yesterday"]}),
+        pa.table({"item_id": ["a"], "user_id": ["u1"], "type": ["rating"], "value": [4.0], "timestamp": pa.array([1_700_000_000], pa.int64())}),
+        pa.table({"item_id": ["x", "y"], "type": ["view", "view"], "timestamp": [1.7e9, float("nan")]}),
+    ]
+
+    def outcome(table: pa.Table) -> tuple[list[dict[str, object]], list[tuple[int, str, str]]]:
+        checked = validate_events(table, pseudonymizer=pseudo)
+        return checked.valid.to_pylist(), [(e.position, e.field, e.expected) for e in checked.errors]
+
+    monkeypatch.setattr(schema, "PREPARED_MAX_ROWS", -1)  # every batch plans its query
+    planned = [outcome(t) for t in batches]
+    monkeypatch.setattr(schema, "PREPARED_MAX_ROWS", 50_000)
+    monkeypatch.setattr(schema, "PREPARED_PER_CONNECTION", 2)  # statements are deallocated and prepared again
+    for _ in range(3):
+        assert [outcome(t) for t in batches] == planned
+        assert [outcome(t) for t in reversed(batches)] == planned[::-1]
+    assert any(errors for _, errors in planned) and all(valid or errors for valid, errors in planned)

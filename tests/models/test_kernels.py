@@ -174,6 +174,25 @@ def test_top_by_key_is_a_lexsort(seed: int) -> None:
         np.testing.assert_array_equal(kernels.top_by_key(values, keys, n), np.lexsort((keys, -values))[:n])
 
 
+@pytest.mark.parametrize("seed", range(20))
+def test_top_pairs_is_a_lexsort_of_float32(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    m = int(rng.integers(0, 400))
+    if seed % 3 == 0:
+        values = rng.standard_normal(m).astype(np.float32)  # negatives and positives
+    else:
+        values = ((rng.integers(-3, 6, m)) / 3.0).astype(np.float32)  # many ties, zeros
+    if m:
+        values[rng.integers(m)] = np.float32(-0.0)  # ties with 0.0, as floats compare
+    keys = (rng.choice(2**32, m, replace=False) if seed % 2 else rng.permutation(10 * m + 1)[:m]).astype(np.int64)  # up to the largest key
+    for n in (0, 1, 7, m // 2, m, m + 3):
+        want = np.lexsort((keys, -values))[:n]
+        got_keys, got_values = kernels.top_pairs(values, keys, n)
+        np.testing.assert_array_equal(got_keys, keys[want])
+        np.testing.assert_array_equal(got_values, values[want])  # -0.0 comes back as 0.0, equal as floats
+        assert got_keys.dtype == np.int64 and got_values.dtype == np.float32
+
+
 def _reference_cluster_top(clusters: ItemClusters, profile: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     """The clusters' answer spelled out: closeness, clusters in order until the budget, each
     item's products summed left to right in float32, best n (ties to the lower item)."""

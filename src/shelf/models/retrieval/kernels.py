@@ -91,6 +91,43 @@ def top_by_key(values: Any, keys: Any, n: int) -> Any:
 
 
 @_jit
+def top_pairs(values: Any, keys: Any, n: int) -> Any:
+    """``keys[top_by_key(values, keys, n)]`` and ``values[...]`` for float32 ``values`` (finite)
+    and unique keys in [0, 2**32): the same order, best first, ties to the lower key.
+
+    Each entry becomes one uint64, its value's bits made to order as the float does, then the
+    complement of its key: the n largest of those are the answer, with no comparison of pairs.
+    A partition and a sort of n plain integers cost about half of top_by_key's partition of the
+    values, tie collection and per-run sorts on a request's ~2,000 content scores.
+    """
+    m = len(values)
+    n = max(0, min(n, m))
+    if n == 0:
+        return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32)
+    sign = np.uint32(0x80000000)
+    low = np.uint64(0xFFFFFFFF)
+    bits = values.view(np.uint32)
+    packed = np.empty(m, dtype=np.uint64)
+    for i in range(m):
+        b = bits[i]
+        if b == sign:
+            b = np.uint32(0)  # -0.0 ties with 0.0, as the floats compare
+        b = ~b if b & sign else b | sign  # negatives: a larger magnitude ranks lower
+        packed[i] = (np.uint64(b) << np.uint64(32)) | (low - np.uint64(keys[i]))
+    if n < m:
+        packed = np.partition(packed, m - n)[m - n :]
+    packed = np.sort(packed)
+    out_keys = np.empty(n, dtype=np.int64)
+    out_bits = np.empty(n, dtype=np.uint32)
+    for j in range(n):
+        p = packed[n - 1 - j]  # best first
+        out_keys[j] = np.int64(low - (p & low))
+        b = np.uint32(p >> np.uint64(32))
+        out_bits[j] = b & ~sign if b & sign else ~b
+    return out_keys, out_bits.view(np.float32)
+
+
+@_jit
 def cluster_top(profile: Any, used: Any, centroids_by_feature: Any, sizes: Any, starts: Any, row_starts: Any, data: Any, indices: Any, items: Any, budget: int, n: int) -> Any:
     """``ItemClusters.top``: the best ``n`` positive scores (ties to the lower item) among the
     items of the clusters closest to ``profile``, taken in closeness order until they hold
@@ -137,8 +174,7 @@ def cluster_top(profile: Any, used: Any, centroids_by_feature: Any, sizes: Any, 
                 out_items[m] = items[row]
                 out_values[m] = s
                 m += 1
-    pos = top_by_key(out_values[:m], out_items[:m], n)
-    return out_items[pos], out_values[pos]
+    return top_pairs(out_values[:m], out_items[:m], n)
 
 
 @_jit
@@ -307,6 +343,7 @@ def warm() -> None:
     one = np.ones(1, dtype=i64)
     for values in (np.ones(2, dtype=f32), np.ones(2, dtype=f64)):
         top_by_key(values, np.arange(2, dtype=i64), 1)
+    top_pairs(np.ones(2, dtype=f32), np.arange(2, dtype=i64), 1)
     fuse(np.arange(2, dtype=i64), np.ones(2, dtype=f64), np.zeros(2, dtype=i64), np.empty(0, dtype=i64), 1)
     for rrf in (True, False):
         fuse_sources(np.arange(2, dtype=i64), np.ones(2, dtype=f64), np.array([0, 2], dtype=i64), np.ones(1, dtype=f64), np.zeros(1, dtype=i64), rrf, 10.0, np.empty(0, dtype=i64), 1)
