@@ -193,6 +193,23 @@ def test_top_pairs_is_a_lexsort_of_float32(seed: int) -> None:
         assert got_keys.dtype == np.int64 and got_values.dtype == np.float32
 
 
+@pytest.mark.parametrize("seed", range(10))
+def test_drop_banned_is_an_isin_filter(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    m = int(rng.integers(0, 300))
+    items = rng.permutation(1000)[:m].astype(np.int64)
+    values = rng.random(m).astype(np.float32 if seed % 2 else np.float64)
+    banned = np.unique(rng.integers(0, 1000, int(rng.integers(0, 60)))).astype(np.int64)
+    if m and seed % 3 == 0:
+        banned = np.union1d(banned, items[:5])  # bans that hit the head of the list
+    for n in (0, 1, 10, m, m + 5):
+        keep = ~np.isin(items, banned)
+        got_items, got_values = kernels.drop_banned(items, values, banned, n)
+        np.testing.assert_array_equal(got_items, items[keep][:n])
+        np.testing.assert_array_equal(got_values, values[keep][:n])
+        assert got_values.dtype == values.dtype
+
+
 def _reference_cluster_top(clusters: ItemClusters, profile: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     """The clusters' answer spelled out: closeness, clusters in order until the budget, each
     item's products summed left to right in float32, best n (ties to the lower item)."""

@@ -342,8 +342,9 @@ class BlendRetriever:
                 continue
             top, values = scores.top(cps + len(banned))
             if len(banned):
-                keep = ~np.isin(top, banned)
-                top, values = top[keep][:cps], values[keep][:cps]
+                from shelf.models.retrieval import kernels
+
+                top, values = kernels.drop_banned(top, values, banned, cps)
             if not len(top):
                 continue
             idx_parts.append(top)

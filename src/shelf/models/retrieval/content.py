@@ -189,6 +189,7 @@ class ContentRetriever(RetrieverBase):
         self.item_vectors_ = x
         self.feature_names_ = np.array(list(vocabulary), dtype=object)
         self.history_ = data.matrix(c.event_weights)
+        self.profiles_ = self._history_profiles()
         self.cluster_of_, self.centroids_ = None, None
         if c.approximate_from is not None and n_items >= c.approximate_from:
             self.cluster_of_, self.centroids_ = _spherical_kmeans(x, max(n_items // c.cluster_size, 1))
@@ -240,10 +241,38 @@ class ContentRetriever(RetrieverBase):
         scores = (profile @ self._features_by_item()[0]).toarray()
         return np.where(scores > 0, scores, NEG_INF).astype(np.float32)
 
+    def _history_profile(self, u: int) -> tuple[np.ndarray, np.ndarray]:
+        """A training user's profile from their history alone: features (ascending), weights."""
+        start, end = self.history_.indptr[u], self.history_.indptr[u + 1]
+        w = self.history_.data[start:end].astype(np.float64)
+        return weighted_rows(self.item_vectors_, self.history_.indices[start:end].astype(np.int64), w / max(float(w.sum()), 1e-12))
+
+    def _history_profiles(self) -> sp.csr_matrix:
+        """users × features: every training user's history profile, as ``_query_scores`` builds it
+        (the same calls, so the same bits), stored like a factor model's user vectors: a known
+        shopper without session items is then a row lookup (~50 µs less per request)."""
+        n_users = self.history_.shape[0]
+        indptr = np.zeros(n_users + 1, dtype=np.int64)
+        features, weights = [], []
+        for u in range(n_users):
+            f, w = self._history_profile(u)
+            features.append(f.astype(np.int32))
+            weights.append(w.astype(np.float32))  # LinearScores keeps its weights in float32
+            indptr[u + 1] = indptr[u] + len(f)
+        return sp.csr_matrix(
+            (np.concatenate(weights) if weights else np.empty(0, dtype=np.float32),
+             np.concatenate(features) if features else np.empty(0, dtype=np.int32), indptr),
+            shape=(n_users, self.item_vectors_.shape[1]),
+        )
+
     def _query_scores(self, query: Query) -> LinearScores:
         # The profile: the weighted mean of the vectors of the shopper's items (history, then the
         # session's items weighted like the whole history), gathered row by row.
         u = self.user_index(query.user_id)
+        profiles = self.profiles_
+        if u >= 0 and profiles is not None and u < profiles.shape[0] and not query.session_items:
+            start, end = profiles.indptr[u], profiles.indptr[u + 1]
+            return self._linear(profiles.indices[start:end], profiles.data[start:end])
         items, weights = [], []
         history_total = 0.0
         if u >= 0:
@@ -287,9 +316,11 @@ class ContentRetriever(RetrieverBase):
 
     def _state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         clusters = {} if self.centroids_ is None else {"cluster_of": self.cluster_of_, "centroids": self.centroids_}
+        profiles = {} if self.profiles_ is None else pack_csr("profiles", self.profiles_)
         return {
             **pack_csr("item_vectors", self.item_vectors_),
             **pack_csr("history", self.history_),
+            **profiles,
             "feature_names": self.feature_names_,
             **clusters,
         }, {}
@@ -297,6 +328,8 @@ class ContentRetriever(RetrieverBase):
     def _set_state(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
         self.item_vectors_ = unpack_csr(arrays, "item_vectors")
         self.history_ = unpack_csr(arrays, "history")
+        # Bundles saved before profiles were stored build each one per request.
+        self.profiles_ = unpack_csr(arrays, "profiles") if "profiles.indptr" in arrays else None
         self.feature_names_ = arrays["feature_names"]
         # Bundles saved before item clusters existed (or below approximate_from) answer exactly.
         self.cluster_of_, self.centroids_ = arrays.get("cluster_of"), arrays.get("centroids")

@@ -289,6 +289,27 @@ def fuse_sources(items: Any, values: Any, starts: Any, weights: Any, voters: Any
 
 
 @_jit
+def drop_banned(items: Any, values: Any, banned: Any, n: int) -> Any:
+    """The first ``n`` entries of ``items`` (with their ``values``) that are not in ``banned``
+    (ascending, unique): what ``keep = ~np.isin(items, banned)`` then ``[keep][:n]`` selects.
+    A session's request bans its own items from every source's list; np.isin cost ~80 µs a
+    source there (its setup, for a 200-entry list and a handful of bans)."""
+    out_items = np.empty(min(n, len(items)), dtype=items.dtype)
+    out_values = np.empty(min(n, len(items)), dtype=values.dtype)
+    k = 0
+    for i in range(len(items)):
+        if k >= n:
+            break
+        pos = np.searchsorted(banned, items[i])
+        if pos < len(banned) and banned[pos] == items[i]:
+            continue
+        out_items[k] = items[i]
+        out_values[k] = values[i]
+        k += 1
+    return out_items[:k], out_values[:k]
+
+
+@_jit
 def group_columns(indptr: Any, indices: Any, data: Any, rows: Any, weights: Any) -> Any:
     """``sum_k weights[k] * matrix[rows[k]]`` by column, columns in order of first appearance:
     each product rounded to the matrix's dtype, then every column's products summed in input
@@ -344,6 +365,8 @@ def warm() -> None:
     for values in (np.ones(2, dtype=f32), np.ones(2, dtype=f64)):
         top_by_key(values, np.arange(2, dtype=i64), 1)
     top_pairs(np.ones(2, dtype=f32), np.arange(2, dtype=i64), 1)
+    for values in (np.ones(2, dtype=f32), np.ones(2, dtype=f64)):
+        drop_banned(np.arange(2, dtype=i64), values, np.ones(1, dtype=i64), 1)
     fuse(np.arange(2, dtype=i64), np.ones(2, dtype=f64), np.zeros(2, dtype=i64), np.empty(0, dtype=i64), 1)
     for rrf in (True, False):
         fuse_sources(np.arange(2, dtype=i64), np.ones(2, dtype=f64), np.array([0, 2], dtype=i64), np.ones(1, dtype=f64), np.zeros(1, dtype=i64), rrf, 10.0, np.empty(0, dtype=i64), 1)
