@@ -253,7 +253,7 @@ def recommendation_requests(shop: dict[str, Any], secret: str, n: int = 3000) ->
         if kind == 0:
             path = f"/recommendations?user_id={shop['users'][rng.integers(len(shop['users']))]}&k=10"
         elif kind == 1:
-            path = f"/recommendations?session_id=bench-{rng.integers(200)}&k=10"
+            path = f"/recommendations?session_id=bench-{rng.integers(SESSIONS)}&k=10"
         else:
             path = "/recommendations?k=10&region=DE"
         out.append(get(path, secret))
@@ -272,6 +272,26 @@ def event_batches(shop: dict[str, Any], secret: str, run: int, count: int, size:
         ]
         batches.append(post("/events", orjson.dumps({"events": events}), secret))
     return batches
+
+
+SESSIONS = 200  # the bench sessions "bench-0" .. "bench-199"
+SESSION_ITEMS = 4  # items each one has viewed before recommendations are measured
+
+
+async def prime_sessions(port: int, shop: dict[str, Any], secret: str, run: int) -> None:
+    """Give every bench session a few views, so session requests are measured with items in
+    them (a server starts with an empty online state: the previous run's events are in the lake)."""
+    items = shop["items"]
+    events = [
+        {"event_id": f"prime-{run}-{s}-{k}", "session_id": f"bench-{s}", "item_id": items[(s * 53 + k * 11) % len(items)], "type": "view", "timestamp": time.time()}
+        for k in range(SESSION_ITEMS)
+        for s in range(SESSIONS)
+    ]
+    c = await Connection.open(port)
+    for start in range(0, len(events), 100):
+        status, body = await c.request(post("/events", orjson.dumps({"events": events[start : start + 100]}), secret))
+        assert status == 200, f"priming sessions: {status} {body[:200]!r}"
+    c.close()
 
 
 async def freshness(port: int, shop: dict[str, Any], secret: str, run: int, tries: int = 30) -> list[float]:
@@ -396,6 +416,7 @@ def main(argv: list[str]) -> None:
                 hello_sync.stop()
             shelf = Server("shelf", home, key)
             try:
+                run(prime_sessions(shelf.port, shop, secret, attempt))
                 recommendations(shelf, "recs")
                 # Each kind of request alone (the mix above is a third each): where the cost is.
                 for kind in range(3):
@@ -418,6 +439,7 @@ def main(argv: list[str]) -> None:
             registry.promote(shop["versions"]["sparse"])
             sparse = Server("shelf", home, key)
             try:
+                run(prime_sessions(sparse.port, shop, secret, attempt))
                 recommendations(sparse, "sparse")
             finally:
                 sparse.stop()
@@ -457,7 +479,9 @@ server share the machine (the client, on uvloop, used {min(CLIENT_BUSY):.0%} to 
 | without content: in-process recommend, {args.big_items:,} items, p50 / p99 (ms) | {big[False][0]:.2f} / {big[False][1]:.2f} | |
 
 Open-loop latency is measured from each request's scheduled send time (no coordinated omission). Requests mix
-known users, sessions and anonymous visitors in equal thirds; in-process figures ask for 40 candidates (k=10 times
+known users (training users with no online events yet), sessions ({SESSIONS} anonymous sessions, each given
+{SESSION_ITEMS} views through `POST /events` when its server starts; runs before 2026-12-07 measured them empty) and
+anonymous visitors in equal thirds; in-process figures ask for 40 candidates (k=10 times
 `candidates_per_slot`) and exclude HTTP and reranking. Each source answers with its own candidate list
 (`shelf.models.retrieval.scores`): repeat, co-occurrence and popularity cost O(candidates) per request; the
 fusion, the co-occurrence and content row sums and the content cluster scan are compiled (numba,

@@ -96,3 +96,28 @@ def test_weighted_rows_sums_alike_over_few_and_many_columns() -> None:
                 expect += (matrix[r].toarray()[0] * np.float32(w)).astype(np.float64)
             assert idx.tolist() == np.flatnonzero(np.bincount(matrix[rows].indices, minlength=width)).tolist()
             np.testing.assert_allclose(values, expect[idx], rtol=1e-12)
+
+
+def test_stored_history_profiles_are_the_per_request_ones(data: Interactions, tmp_path: Path) -> None:
+    """Known shoppers without session items read their profile from ``profiles_`` (computed at
+    fit, saved with the model): the same features and weights, bit for bit, as building it from
+    their history per request, which bundles saved before it existed still do."""
+    model = ContentRetriever().fit(data)
+    assert model.profiles_ is not None and model.profiles_.shape == (data.n_users, model.item_vectors_.shape[1])
+    loaded = load_retriever(model.save(tmp_path / "content"))
+    legacy = ContentRetriever().fit(data)
+    legacy.profiles_ = None  # what a bundle without stored profiles loads as
+    users = [str(u) for u in data.users.ids]
+    checked = 0
+    for user in users:
+        stored, built, reloaded = model.query_scores(Query(user_id=user)), legacy.query_scores(Query(user_id=user)), loaded.query_scores(Query(user_id=user))
+        for other in (built, reloaded):
+            np.testing.assert_array_equal(stored.features, other.features)
+            np.testing.assert_array_equal(stored.weights, other.weights)
+            np.testing.assert_array_equal(stored.top(10)[0], other.top(10)[0])
+        checked += len(stored.features) > 0
+    assert checked > len(users) // 2
+    # With session items the profile is built per request, history included.
+    query = Query(user_id=users[0], session_items=(str(data.items.ids[0]),))
+    np.testing.assert_array_equal(model.query_scores(query).weights, legacy.query_scores(query).weights)
+    assert not np.array_equal(model.query_scores(query).weights, model.query_scores(Query(user_id=users[0])).weights)

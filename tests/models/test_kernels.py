@@ -210,6 +210,20 @@ def test_drop_banned_is_an_isin_filter(seed: int) -> None:
         assert got_values.dtype == values.dtype
 
 
+@pytest.mark.parametrize("seed", range(10))
+def test_sum_by_item_is_unique_then_bincount(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    m = int(rng.integers(0, 200))
+    items = rng.integers(0, max(m // 3, 1), m).astype(np.int64)  # repeats
+    weights = (rng.standard_normal(m) * 10).astype(np.float32 if seed % 2 else np.float64)
+    want_items, inverse = np.unique(items, return_inverse=True)
+    want_sums = np.bincount(inverse, weights=weights.astype(np.float64), minlength=len(want_items))
+    got_items, got_sums = kernels.sum_by_item(items, weights)
+    np.testing.assert_array_equal(got_items, want_items)
+    np.testing.assert_array_equal(got_sums, want_sums)  # bit-identical: the same order of additions
+    assert got_items.dtype == np.int64 and got_sums.dtype == np.float64
+
+
 def _reference_cluster_top(clusters: ItemClusters, profile: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     """The clusters' answer spelled out: closeness, clusters in order until the budget, each
     item's products summed left to right in float32, best n (ties to the lower item)."""

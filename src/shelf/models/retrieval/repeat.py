@@ -113,8 +113,10 @@ class RepeatRetriever(RetrieverBase):
             start, end = history.indptr[u], history.indptr[u + 1]
             idx.append(history.indices[start:end])
             weights.append(history.data[start:end])
-        items, inverse = np.unique(np.concatenate(idx).astype(np.int64), return_inverse=True)
-        totals = np.bincount(inverse, weights=np.concatenate(weights).astype(np.float64), minlength=len(items))
+        from shelf.models.retrieval import kernels
+
+        # np.unique + np.bincount (each item's weights summed in input order), compiled.
+        items, totals = kernels.sum_by_item(np.concatenate(idx).astype(np.int64), np.concatenate(weights))
         return SparseScores.from_positive(items, totals, len(self.item_ids_), ascending=True)
 
     def _score_users(self, users: np.ndarray) -> np.ndarray:
