@@ -69,7 +69,10 @@ class ContentConfig:
     event_weights: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_EVENT_WEIGHTS))
     approximate_from: int | None = 50_000
     cluster_size: int = 256
-    candidate_factor: int = 10
+    # 5 (was 10 until 2026-12-07): on the serving bench's 100k-item shop the blend's top 40 is the
+    # same on 99.9% (known shoppers) and 99.7% (sessions) of its items, content's own top 200
+    # matches exact scoring on 75% instead of 87%, and a request costs 40-60 µs less.
+    candidate_factor: int = 5
     min_candidates: int = 1000
 
 

@@ -316,7 +316,7 @@ class ItemClusters:
 
     __slots__ = ("candidate_factor", "centroids_by_feature", "data", "indices", "items", "min_candidates", "row_starts", "sizes", "starts")
 
-    def __init__(self, matrix: Any, cluster_of: np.ndarray, centroids: np.ndarray, candidate_factor: int = 10, min_candidates: int = 1000) -> None:
+    def __init__(self, matrix: Any, cluster_of: np.ndarray, centroids: np.ndarray, candidate_factor: int = 5, min_candidates: int = 1000) -> None:
         self.candidate_factor, self.min_candidates = candidate_factor, min_candidates
         cluster_of = np.asarray(cluster_of, dtype=np.int64)
         self.centroids_by_feature = np.ascontiguousarray(np.asarray(centroids, dtype=np.float32).T)
