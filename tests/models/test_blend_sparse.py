@@ -118,3 +118,24 @@ def test_a_refit_forgets_the_previous_fits_id_lookups() -> None:
         seen = blend._seen_items(str(second.users.ids[u]))
         expected = np.unique(second.item[second.user == u])
         assert seen.tolist() == expected.tolist()
+
+
+def test_sources_share_the_blends_item_lookup_and_a_sessions_lookup_is_done_once() -> None:
+    from shelf.models.base import IdIndex
+
+    data = make_interactions(seed=3)
+    blend = default_blend().fit(data)
+    cold = [blend.retrieve(q, 20).items.tolist() for q in sample_queries(data)]
+    blend.warm()
+    shared = blend.__dict__["_items_index"]
+    assert all(s.__dict__.get("_items_index") is shared for s in blend.sources.values() if hasattr(s, "item_ids_"))
+    assert [blend.retrieve(q, 20).items.tolist() for q in sample_queries(data)] == cold  # same answers
+
+    index = IdIndex(["a", "b", "c"])
+    session = ("c", "x", "a")
+    first = index.lookup(session)
+    assert index.lookup(session) is first and first.tolist() == [2, -1, 0]
+    with pytest.raises(ValueError):
+        first[0] = 5  # shared between the sources of a request: read-only
+    assert index.lookup(("c", "x", "a")).tolist() == [2, -1, 0]  # an equal tuple, looked up again
+    assert index.lookup(("b",)).tolist() == [1] and index.lookup(["a"]).flags.writeable

@@ -38,6 +38,7 @@ class IdIndex:
         self._index: dict[str, int] = {raw: i for i, raw in enumerate(self.ids.tolist())}
         if len(self._index) != len(self.ids):
             raise ValueError("IdIndex ids must be unique")
+        self._last: tuple[object, np.ndarray] = ((), np.empty(0, dtype=np.int64))
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -49,9 +50,21 @@ class IdIndex:
         return self._index.get(raw, default)
 
     def lookup(self, raws: Sequence[str] | np.ndarray) -> np.ndarray:
-        """Indices of ``raws``; -1 where unknown."""
+        """Indices of ``raws``; -1 where unknown.
+
+        A tuple looked up again (the very same object: a request's session items, which every
+        source of a blend sharing this index asks for) gets the answer of the last lookup, which
+        is read-only for that reason. The tuple is held, so its identity cannot be reused.
+        """
+        last = self._last  # one read: another thread may replace it meanwhile
+        if last[0] is raws:
+            return last[1]
         get = self._index.get
-        return np.fromiter((get(r, -1) for r in raws), dtype=np.int64, count=len(raws))
+        found = np.fromiter((get(r, -1) for r in raws), dtype=np.int64, count=len(raws))
+        if type(raws) is tuple:
+            found.flags.writeable = False
+            self._last = (raws, found)
+        return found
 
 
 @dataclass(frozen=True)

@@ -165,7 +165,8 @@ class RetrieverBase:
 
     def item_indices(self, item_ids: Iterable[str]) -> np.ndarray:
         """Dense indices of raw item ids, unknown ones dropped (order kept)."""
-        ids = list(item_ids)
+        # A tuple is passed as it is: the index answers the same tuple again from its last lookup.
+        ids = item_ids if type(item_ids) is tuple else list(item_ids)
         if not ids:
             return np.empty(0, dtype=np.int64)
         idx = self.items.lookup(ids)

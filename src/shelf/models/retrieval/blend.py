@@ -224,9 +224,22 @@ class BlendRetriever:
         self._user_rows()
         self.items_lookup(())
         self._source_names()
+        self._share_item_index()
         from shelf.models.retrieval import kernels
 
         kernels.warm()  # the compiled request steps (fusion, co-occurrence rows, content clusters)
+
+    def _share_item_index(self) -> None:
+        """Give the sources fitted on the blend's own items one id lookup (theirs are equal
+        copies): one dict instead of one per source, and a request's session items are looked
+        up once for all of them (``IdIndex.lookup`` answers the same tuple again)."""
+        shared = self.__dict__.get("_items_index")
+        if shared is None:
+            return
+        for source in self.sources.values():
+            ids = getattr(source, "item_ids_", None)
+            if ids is not None and source.__dict__.get("_items_index") is not shared and len(ids) == len(self.item_ids_) and np.array_equal(ids, self.item_ids_):
+                source.__dict__["_items_index"] = shared
 
     @property
     def active_sources(self) -> dict[str, Any]:
