@@ -14,6 +14,7 @@ BENCHMARKS = {
     "ann": "bench.bench_ann",
     "serving": "bench.bench_serving",
     "twostage": "bench.bench_twostage",
+    "rees46-windows": "bench.bench_rees46_windows",
     "scale": "bench.bench_scale",
 }
 
