@@ -272,6 +272,12 @@ class BlendRetriever:
         sources = self._active().values()
         if query.user_id is not None and any(s.user_index(query.user_id) >= 0 for s in sources):
             return "user"
+        if not query.session_items:
+            return "context"
+        shared = self.__dict__.get("_items_index")
+        if shared is not None and all(s.__dict__.get("_items_index") is shared for s in sources):
+            # One lookup answers for every source (they share the index; see _share_item_index).
+            return "session" if bool((shared.lookup(query.session_items) >= 0).any()) else "context"
         if any(len(s.item_indices(query.session_items)) for s in sources):
             return "session"
         return "context"
@@ -279,10 +285,19 @@ class BlendRetriever:
     def weights_for(self, stage: Stage) -> dict[str, float]:
         """Effective weight of each active source at a stage (context: the fallback only)."""
         active = self._active()
-        if stage == "context":
-            return {name: 1.0 for name in active if name == self.config.fallback}
         table = self.weights_ if stage == "user" else (self.session_weights_ or self.weights_)
-        return {name: float(table.get(name, 1.0)) for name in active}
+        # Built once per stage and weight table (fit, tuning and load replace the tables, never
+        # change them in place): a request asked for it on every call.
+        key = (stage, id(active), id(table), self.config.fallback)
+        cached = self.__dict__.setdefault("_stage_weights", {}).get(key)
+        if cached is not None and cached[0] is active and cached[1] is table:
+            return dict(cached[2])  # a copy: the caller may change it
+        if stage == "context":
+            weights = {name: 1.0 for name in active if name == self.config.fallback}
+        else:
+            weights = {name: float(table.get(name, 1.0)) for name in active}
+        self.__dict__["_stage_weights"][key] = (active, table, weights)
+        return dict(weights)
 
     # -- fusion ---------------------------------------------------------------------------------
 
@@ -336,7 +351,8 @@ class BlendRetriever:
         banned = np.empty(0, dtype=np.int64)
         if query.exclude:
             found = self.items_lookup(query.exclude)
-            banned = np.unique(found[found >= 0])
+            # Sorted, unique: np.unique's setup costs more than the few bans a request has.
+            banned = np.array(sorted(set(found[found >= 0].tolist())), dtype=np.int64)
         fallback = self.config.fallback
         cps = self.config.candidates_per_source
         active = self._active()
