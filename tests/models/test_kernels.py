@@ -253,6 +253,36 @@ def test_history_profiles_spelled_out(seed: int) -> None:
         np.testing.assert_array_equal(sums[got], np.array([acc[f] for f in sorted(acc)], dtype=np.float64))
 
 
+@pytest.mark.parametrize("fusion", ["rrf", "score"])
+@pytest.mark.parametrize("seed", range(12))
+def test_fusing_with_bans_is_drop_banned_per_list_then_fuse(fusion: str, seed: int) -> None:
+    """What the blend ran before the bans moved into the fusion: each list without its banned
+    items, cut to ``keep`` (a list left empty does not vote), then the fusion."""
+    rng = np.random.default_rng(100 + seed)
+    blend = BlendRetriever({"popularity": PopularityRetriever()}, BlendConfig(fusion=fusion, fallback=None))
+    n_items = int(rng.integers(5, 200))
+    keep = int(rng.integers(1, 30))
+    banned = np.unique(rng.integers(0, n_items, int(rng.integers(1, 12)))).astype(np.int64)
+    idx_parts, value_parts, weights, voters = [], [], [], []
+    for s in range(int(rng.integers(1, 6))):
+        listed = rng.permutation(n_items)[: min(n_items, keep + len(banned))].astype(np.int64)
+        if s == 0:
+            listed = banned[: keep + len(banned)].copy()  # a list of banned items only
+        values = np.sort(rng.random(len(listed)).astype(np.float32))[::-1].copy()
+        idx_parts.append(listed)
+        value_parts.append(values)
+        weights.append(float(rng.choice([0.3, 1.0])))
+        voters.append(s)
+    seen = rng.choice(n_items, 3, replace=False).astype(np.int64)
+    n = int(rng.integers(1, 40))
+    got = blend._fuse(idx_parts, value_parts, weights, voters, seen, n, banned, keep)
+    kept = [kernels.drop_banned(i, v, banned, keep) for i, v in zip(idx_parts, value_parts, strict=True)]
+    voting = [k for k, (i, _) in enumerate(kept) if len(i)]
+    want = blend._fuse([kept[k][0] for k in voting], [kept[k][1] for k in voting], [weights[k] for k in voting], [voters[k] for k in voting], seen, n)
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_array_equal(g, w)
+
+
 def _reference_cluster_top(clusters: ItemClusters, profile: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     """The clusters' answer spelled out: closeness, clusters in order until the budget, each
     item's products summed left to right in float32, best n (ties to the lower item)."""

@@ -369,11 +369,9 @@ class BlendRetriever:
             per[name] = scores
             if not votes:
                 continue
+            # With bans, a list holds up to cps + bans entries: the fusion drops the banned ones
+            # and keeps the first cps of the rest (``kernels.fuse_allowed``).
             top, values = scores.top(cps + len(banned))
-            if len(banned):
-                from shelf.models.retrieval import kernels
-
-                top, values = kernels.drop_banned(top, values, banned, cps)
             if not len(top):
                 continue
             idx_parts.append(top)
@@ -381,7 +379,7 @@ class BlendRetriever:
             voter_weights.append(weights[name])
             voters.append(s)
         seen = self._seen_items(query.user_id) if stage == "user" else np.empty(0, dtype=np.int64)
-        chosen, scores_out, sources_out = self._fuse(idx_parts, value_parts, voter_weights, voters, seen, n)
+        chosen, scores_out, sources_out = self._fuse(idx_parts, value_parts, voter_weights, voters, seen, n, banned, cps)
         sources_out = self._source_names()[sources_out]
         if len(chosen) < n:
             taken = np.union1d(banned, chosen) if len(banned) and len(chosen) else (banned if len(banned) else chosen)
@@ -407,7 +405,15 @@ class BlendRetriever:
         return Candidates(scored, per_source, stage)
 
     def _fuse(
-        self, idx_parts: list[np.ndarray], value_parts: list[np.ndarray], weights: list[float], voters: list[int], seen: np.ndarray, n: int
+        self,
+        idx_parts: list[np.ndarray],
+        value_parts: list[np.ndarray],
+        weights: list[float],
+        voters: list[int],
+        seen: np.ndarray,
+        n: int,
+        banned: np.ndarray | None = None,
+        keep: int = 0,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Each voting source's top list (``idx_parts[s]``, best first, with its ``value_parts[s]``)
         weighted into contributions (``_contributions``), summed per item; the best ``n`` (ties:
@@ -418,6 +424,8 @@ class BlendRetriever:
         its source axis would (identical floats, identical ties), in one compiled pass with the
         contributions (``kernels.fuse_sources``; the numpy forms it replaced are the references in
         the tests): a few numpy calls per source per request cost more than the fusion itself.
+        Given ``banned`` (ascending, unique), each list first loses its banned items and keeps its
+        first ``keep`` others (``kernels.fuse_allowed``, the same as ``drop_banned`` per list).
         """
         if not idx_parts:
             return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float64), np.empty(0, dtype=np.int64)
@@ -425,7 +433,7 @@ class BlendRetriever:
 
         starts = np.zeros(len(idx_parts) + 1, dtype=np.int64)
         np.cumsum([len(p) for p in idx_parts], out=starts[1:])
-        return kernels.fuse_sources(  # type: ignore[no-any-return]
+        args = (
             np.concatenate(idx_parts).astype(np.int64, copy=False),
             np.concatenate(value_parts).astype(np.float64, copy=False),
             starts,
@@ -436,6 +444,9 @@ class BlendRetriever:
             np.asarray(seen, dtype=np.int64),
             n,
         )
+        if banned is not None and len(banned):
+            return kernels.fuse_allowed(*args, banned, keep)  # type: ignore[no-any-return]
+        return kernels.fuse_sources(*args)  # type: ignore[no-any-return]
 
     def _fill(self, fallback: QueryScores | None, need: int, banned: np.ndarray, seen: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``need`` filler items in fill order (fallback's score, then catalogue order; seen items

@@ -289,6 +289,32 @@ def fuse_sources(items: Any, values: Any, starts: Any, weights: Any, voters: Any
 
 
 @_jit
+def fuse_allowed(items: Any, values: Any, starts: Any, weights: Any, voters: Any, rrf: bool, rrf_k: float, seen: Any, n: int, banned: Any, keep: int) -> Any:
+    """``fuse_sources`` over each list's first ``keep`` entries that are not ``banned``
+    (ascending, unique): ``drop_banned`` on every list, then the fusion, in one call (a session's
+    request bans its items from every source's list; five calls and their glue cost ~25 µs)."""
+    out_items = np.empty(len(items), dtype=items.dtype)
+    out_values = np.empty(len(values), dtype=values.dtype)
+    out_starts = np.empty(len(starts), dtype=np.int64)
+    out_starts[0] = 0
+    m = 0
+    for s in range(len(starts) - 1):
+        k = 0
+        for e in range(starts[s], starts[s + 1]):
+            if k >= keep:
+                break
+            pos = np.searchsorted(banned, items[e])
+            if pos < len(banned) and banned[pos] == items[e]:
+                continue
+            out_items[m] = items[e]
+            out_values[m] = values[e]
+            m += 1
+            k += 1
+        out_starts[s + 1] = m
+    return fuse_sources(out_items[:m], out_values[:m], out_starts, weights, voters, rrf, rrf_k, seen, n)
+
+
+@_jit
 def drop_banned(items: Any, values: Any, banned: Any, n: int) -> Any:
     """The first ``n`` entries of ``items`` (with their ``values``) that are not in ``banned``
     (ascending, unique): what ``keep = ~np.isin(items, banned)`` then ``[keep][:n]`` selects.
@@ -440,6 +466,7 @@ def warm() -> None:
     fuse(np.arange(2, dtype=i64), np.ones(2, dtype=f64), np.zeros(2, dtype=i64), np.empty(0, dtype=i64), 1)
     for rrf in (True, False):
         fuse_sources(np.arange(2, dtype=i64), np.ones(2, dtype=f64), np.array([0, 2], dtype=i64), np.ones(1, dtype=f64), np.zeros(1, dtype=i64), rrf, 10.0, np.empty(0, dtype=i64), 1)
+        fuse_allowed(np.arange(2, dtype=i64), np.ones(2, dtype=f64), np.array([0, 2], dtype=i64), np.ones(1, dtype=f64), np.zeros(1, dtype=i64), rrf, 10.0, np.empty(0, dtype=i64), 1, np.ones(1, dtype=i64), 1)
     for ptr_type in (i32, i64):
         for data_type in (f32, f64):
             group_columns(np.array([0, 1], dtype=ptr_type), np.zeros(1, dtype=i32), np.ones(1, dtype=data_type), np.zeros(1, dtype=i64), np.ones(1, dtype=data_type))
