@@ -139,3 +139,40 @@ def test_sources_share_the_blends_item_lookup_and_a_sessions_lookup_is_done_once
         first[0] = 5  # shared between the sources of a request: read-only
     assert index.lookup(("c", "x", "a")).tolist() == [2, -1, 0]  # an equal tuple, looked up again
     assert index.lookup(("b",)).tolist() == [1] and index.lookup(["a"]).flags.writeable
+
+
+def test_skipping_own_items_sources_when_their_items_are_all_excluded_changes_no_answer() -> None:
+    """A shopper without history whose session items are all excluded gets nothing from repeat
+    (it proposes only their own items), so the blend does not ask it: the same answers."""
+    from shelf.models.retrieval import RepeatRetriever
+
+    data = make_interactions(seed=5)
+    blend = default_blend().fit(data)
+    blend.warm()
+    items = [str(i) for i in data.items.ids]
+    rng = np.random.default_rng(0)
+    asked: list[Query] = []
+    original = RepeatRetriever._query_scores
+
+    def spy(self: RepeatRetriever, query: Query) -> object:
+        asked.append(query)
+        return original(self, query)
+
+    queries = []
+    for k in range(30):
+        session = tuple(items[j] for j in rng.integers(len(items), size=int(rng.integers(1, 5))))
+        exclude = frozenset(session) if k % 3 else frozenset(session[:-1])  # some keep one item in play
+        queries.append(Query(session_items=session, exclude=exclude))
+    RepeatRetriever.own_items_only = False
+    try:
+        RepeatRetriever._query_scores = spy  # type: ignore[method-assign]
+        asking = [blend.retrieve(q, 15) for q in queries]
+        asked_before = len(asked)
+        RepeatRetriever.own_items_only = True
+        skipping = [blend.retrieve(q, 15) for q in queries]
+    finally:
+        RepeatRetriever.own_items_only = True
+        RepeatRetriever._query_scores = original  # type: ignore[method-assign]
+    assert len(asked) - asked_before < asked_before  # it was skipped for some queries
+    for a, b in zip(asking, skipping, strict=True):
+        assert a.items.tolist() == b.items.tolist() and a.scores.tolist() == b.scores.tolist() and a.sources.tolist() == b.sources.tolist()

@@ -349,10 +349,14 @@ class BlendRetriever:
         stage = self.stage(query)
         weights = self.weights_for(stage)
         banned = np.empty(0, dtype=np.int64)
+        own_items_banned = False  # a shopper without history whose session items are all excluded
         if query.exclude:
             found = self.items_lookup(query.exclude)
             # Sorted, unique: np.unique's setup costs more than the few bans a request has.
-            banned = np.array(sorted(set(found[found >= 0].tolist())), dtype=np.int64)
+            unique = set(found[found >= 0].tolist())
+            banned = np.array(sorted(unique), dtype=np.int64)
+            if stage == "session":
+                own_items_banned = all(i in unique for i in self.items_lookup(query.session_items).tolist() if i >= 0)
         fallback = self.config.fallback
         cps = self.config.candidates_per_source
         active = self._active()
@@ -365,6 +369,8 @@ class BlendRetriever:
             votes = weights.get(name, 0.0) > 0 and stage != "context"
             if not (votes or source_scores or name == fallback):
                 continue
+            if own_items_banned and not source_scores and name != fallback and getattr(source, "own_items_only", False):
+                continue  # every item it could propose is excluded: its list would be empty
             scores = _query_scores(source, query)
             per[name] = scores
             if not votes:
@@ -490,7 +496,7 @@ class BlendRetriever:
             from shelf.models.base import IdIndex
 
             index = self.__dict__["_items_index"] = IdIndex(self.item_ids_)
-        return index.lookup(list(item_ids))
+        return index.lookup(item_ids if type(item_ids) is tuple else list(item_ids))  # a tuple: see IdIndex.lookup
 
     def retrieve(self, query: Query, n: int) -> Scored:
         """``n`` items (fewer only when the catalogue minus ``exclude`` is smaller)."""

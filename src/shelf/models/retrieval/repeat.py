@@ -73,6 +73,9 @@ class RepeatRetriever(RetrieverBase):
 
     name = "repeat"
     config_class = RepeatConfig
+    # It proposes the shopper's own items only (history, session): a blend skips it for a shopper
+    # without history whose session items are all excluded, as they are when serving.
+    own_items_only = True
 
     def _validate_config(self) -> None:
         check_positive("half_life_days", self.config.half_life_days)
