@@ -143,7 +143,7 @@ class BlendRetriever:
                 skipped[name] = str(e)
         if len(skipped) == len(self.sources):
             raise ModelFitError(f"BlendRetriever: no source could fit: {skipped}")
-        for key in ("_users_index", "_items_index"):  # id lookups of the previous fit
+        for key in ("_users_index", "_items_index", "_stage_weights"):  # lookups of the previous fit
             self.__dict__.pop(key, None)
         self.item_ids_ = np.asarray(data.items.ids, dtype=object).copy()
         self.skipped_sources_ = skipped
@@ -431,7 +431,7 @@ class BlendRetriever:
         contributions (``kernels.fuse_sources``; the numpy forms it replaced are the references in
         the tests): a few numpy calls per source per request cost more than the fusion itself.
         Given ``banned`` (ascending, unique), each list first loses its banned items and keeps its
-        first ``keep`` others (``kernels.fuse_allowed``, the same as ``drop_banned`` per list).
+        first ``keep`` others (``kernels.fuse_allowed``: an np.isin filter per list, compiled).
         """
         if not idx_parts:
             return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float64), np.empty(0, dtype=np.int64)
