@@ -252,7 +252,7 @@ class ContentRetriever(RetrieverBase):
         h, x = self.history_, self.item_vectors_
         start, end = h.indptr[u], h.indptr[u + 1]
         _, features, sums = kernels.history_profiles(
-            np.array([0, end - start], dtype=np.int64), h.indices[start:end], h.data[start:end], x.indptr, x.indices, x.data, x.shape[1]
+            np.array([0, end - start], dtype=h.indptr.dtype), h.indices[start:end], h.data[start:end], x.indptr, x.indices, x.data, x.shape[1]
         )
         return features, sums.astype(np.float32)
 
