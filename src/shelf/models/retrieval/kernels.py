@@ -8,11 +8,13 @@ the sum of those calls, not the arithmetic, was most of a request's cost (see BE
 
 Every kernel computes exactly what the numpy code it replaced computed, in the same order, so
 results are bit-identical (tested against those references in tests/models/test_kernels.py),
-with one documented exception: ``cluster_top`` sums the clusters' closeness and each item's
-score left to right in float32, where numpy summed them in BLAS's and reduceat's pairwise order
-(a last bit can differ, so near-tied clusters or items can swap; that path was already an
-approximation of ``X @ p``, summed in another order; its own reference is spelled out in the
-tests).
+with two documented exceptions, whose own references are spelled out in the tests:
+``cluster_top`` sums the clusters' closeness and each item's score left to right in float32,
+where numpy summed them in BLAS's and reduceat's pairwise order (a last bit can differ, so
+near-tied clusters or items can swap; that path was already an approximation of ``X @ p``, summed
+in another order); ``history_profiles`` sums a history row's total left to right, where numpy's
+``sum`` is pairwise past 8 entries (content's stored profiles and its per-request fallback both
+use it, so they agree with each other).
 
 numba compiles each kernel on its first call (seconds; the compiled code is cached on disk beside
 this file, or in the user's cache directory where that is read-only), which is why serving warms
