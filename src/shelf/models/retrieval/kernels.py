@@ -294,8 +294,9 @@ def fuse_sources(items: Any, values: Any, starts: Any, weights: Any, voters: Any
 def fuse_allowed(items: Any, values: Any, starts: Any, weights: Any, voters: Any, rrf: bool, rrf_k: float, seen: Any, n: int, banned: Any, keep: int) -> Any:
     """``fuse_sources`` over each list's first ``keep`` entries that are not ``banned``
     (ascending, unique): ``keep = ~np.isin(list, banned)`` then ``[keep][:keep]`` on every list,
-    then the fusion, in one call (a session's request bans its items from every source's list:
-    np.isin cost ~80 µs a list there, with its setup)."""
+    then the fusion, in one call (a session's request bans its items from every source's list;
+    np.isin's setup per list cost more than the filtering: about −65 µs a session request with
+    the blend's other glue changes, measured in-process)."""
     out_items = np.empty(len(items), dtype=items.dtype)
     out_values = np.empty(len(values), dtype=values.dtype)
     out_starts = np.empty(len(starts), dtype=np.int64)
@@ -321,7 +322,7 @@ def fuse_allowed(items: Any, values: Any, starts: Any, weights: Any, voters: Any
 def sum_by_item(items: Any, weights: Any) -> Any:
     """Unique ``items`` (ascending) and each one's ``weights`` summed in input order in float64:
     ``np.unique(items, return_inverse=True)`` then ``np.bincount(inverse, weights)``, without
-    their setup (most of a session's repeat scores, ~60 µs, for a handful of items)."""
+    their setup (~30 µs of a session's repeat scores, for a handful of items, measured in-process)."""
     order = np.argsort(items, kind="mergesort")  # stable: equal items keep their input order
     out_items = np.empty(len(items), dtype=np.int64)
     sums = np.zeros(len(items), dtype=np.float64)
@@ -342,8 +343,8 @@ def history_profiles(h_indptr: Any, h_indices: Any, h_data: Any, x_indptr: Any, 
     sum taken left to right (at least 1e-12) and each weight is rounded to float32; each product
     rounded to float32, each feature's products summed in float64 in the row's order (the
     arithmetic of ``group_columns``); features ascending. Returns the CSR parts (indptr,
-    features, float64 sums). One pass per user instead of ~6 numpy calls per user (a content
-    fit over 190k users: ~10 s less each)."""
+    features, float64 sums). One pass per user instead of ~6 numpy calls per user (~7 µs a user
+    instead of ~60 on 15k users; ~10 s less per content fit over 190k users, estimated)."""
     n_users = len(h_indptr) - 1
     mark = np.full(n_features, -1, dtype=np.int64)
     counts = np.zeros(n_users + 1, dtype=np.int64)
