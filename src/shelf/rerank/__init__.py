@@ -1,7 +1,7 @@
 """Rerankers: pure business rules over a ranked list (stock, purchases, boosts, pins, new
 launches, diversity, exposure fairness), composed by :func:`build_pipeline`."""
 
-from shelf.rerank.catalogue import Catalogue, ItemMeta, Reranker, StockedCatalogue
+from shelf.rerank.catalogue import Catalogue, Chosen, ItemMeta, Reranker, StockedCatalogue
 from shelf.rerank.fairness import (
     ExposureEffect,
     ExposureFairness,
@@ -38,6 +38,7 @@ __all__ = [
     "Bury",
     "Catalogue",
     "CategoryCaps",
+    "Chosen",
     "Dedupe",
     "Diversity",
     "DropExcluded",

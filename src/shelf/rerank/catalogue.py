@@ -131,6 +131,22 @@ def item_ids(items: Scored) -> list[str]:
     return [i if type(i) is str else str(i) for i in items.items.tolist()]
 
 
+class Chosen(NamedTuple):
+    """A final list as plain Python lists (ids, scores, source names): what a response and its
+    exposure record are written from, with no arrays in between."""
+
+    items: list[str]
+    scores: list[float]
+    sources: list[str]
+
+
+def as_chosen(items: Scored) -> Chosen:
+    """``items`` as a :class:`Chosen` (ids and sources as strings; no sources: empty names)."""
+    ids = [str(i) for i in items.items.tolist()]
+    sources = [str(s) for s in items.sources.tolist()] if items.sources is not None else [""] * len(ids)
+    return Chosen(ids, items.scores.tolist(), sources)
+
+
 def select(items: Scored, keep: Sequence[int]) -> Scored:
     """The candidates at positions ``keep`` (in that order); ``items`` itself when all are kept.
 

@@ -24,7 +24,7 @@ from datetime import timedelta
 from typing import Literal
 
 from shelf.models.base import Query, Scored
-from shelf.rerank.catalogue import Attribute, Catalogue, Reranker
+from shelf.rerank.catalogue import Attribute, Catalogue, Chosen, Reranker, as_chosen
 from shelf.rerank.fairness import ExposureFairness, GroupAttribute
 from shelf.rerank.rules import (
     Boost,
@@ -99,6 +99,15 @@ class Pipeline:
         for step in self.steps:
             items = step(query, items, n)
         return items.head(n)
+
+    def first(self, query: Query, items: Scored, n: int) -> Chosen:
+        """``self(query, items, n)`` as plain lists (what serving writes its response from); a
+        pipeline of filters alone reads them straight off the candidates (``Filters.first``)."""
+        if n < 0:
+            raise ValueError(f"n must be non-negative, got {n}")
+        if len(self.steps) == 1 and isinstance(self.steps[0], Filters):
+            return self.steps[0].first(query, items, n)
+        return as_chosen(self(query, items, n))
 
 
 def _no_purchases(user_id: str) -> Collection[str]:

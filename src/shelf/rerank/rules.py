@@ -21,9 +21,11 @@ from shelf.rerank.catalogue import (
     NO_META,
     Attribute,
     Catalogue,
+    Chosen,
     Entry,
     ItemMeta,
     category_at,
+    as_chosen,
     entries,
     item_ids,
     matches,
@@ -163,6 +165,37 @@ class Filters:
             seen.add(item)
             keep.append(i)
         return select(items, keep)
+
+    def first(self, query: Query, items: Scored, n: int) -> Chosen:
+        """``as_chosen(self.head(query, items, n))``: the first ``n`` candidates that pass, as plain
+        lists, read straight off the candidates' arrays.
+
+        What a response is written from: no selected arrays, no second conversion of the kept
+        ids, and no pass over all the candidates before the one that stops at ``n`` (~10 us of a
+        request's response, measured at runtime level).
+        """
+        out_of_stock = getattr(self.catalogue, "out_of_stock", None)
+        if out_of_stock is None or self.unknown != "keep":
+            return as_chosen(self.head(query, items, n))
+        exclude, bought = self._blocked(query)
+        scores = items.scores.tolist()
+        sources = items.sources.tolist() if items.sources is not None else None
+        seen: set[str] = set()
+        kept: list[str] = []
+        kept_scores: list[float] = []
+        kept_sources: list[str] = []
+        for i, item in enumerate(items.items.tolist()):
+            if len(kept) >= n:
+                break
+            if type(item) is not str:
+                item = str(item)
+            if item in seen or item in out_of_stock or item in exclude or item in bought:
+                continue
+            seen.add(item)
+            kept.append(item)
+            kept_scores.append(scores[i])
+            kept_sources.append(str(sources[i]) if sources is not None else "")
+        return Chosen(kept, kept_scores, kept_sources)
 
     def _general(self, ids: list[str], exclude: Collection[str], bought: Collection[str], keep_unknown: bool) -> list[int]:
         lookup = self.catalogue.get if self.catalogue is not None else None
