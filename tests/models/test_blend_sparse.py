@@ -176,3 +176,36 @@ def test_skipping_own_items_sources_when_their_items_are_all_excluded_changes_no
     assert len(asked) - asked_before < asked_before  # it was skipped for some queries
     for a, b in zip(asking, skipping, strict=True):
         assert a.items.tolist() == b.items.tolist() and a.scores.tolist() == b.scores.tolist() and a.sources.tolist() == b.sources.tolist()
+
+
+def test_banned_items_equal_the_lookup_of_the_exclusions() -> None:
+    """``_banned`` (which reuses the session lookup when the exclusions are the session's own
+    items) gives what looking the exclusions up gives: ascending unique known indices, and whether
+    every known session item is among them; duplicates, unknown ids, supersets and partial
+    exclusions included."""
+    data = make_interactions(seed=5)
+    blend = default_blend().fit(data)
+    blend.warm()
+    items = [str(i) for i in data.items.ids]
+    users = [str(u) for u in data.users.ids]
+    rng = np.random.default_rng(3)
+
+    def reference(query: Query, stage: str) -> tuple[list[int], bool]:
+        found = blend.items_lookup(sorted(query.exclude))
+        unique = sorted({int(i) for i in found if i >= 0})
+        own = [int(i) for i in blend.items_lookup(list(query.session_items)) if i >= 0]
+        return unique, stage == "session" and all(i in unique for i in own)
+
+    cases = []
+    for k in range(60):
+        session = tuple(items[j] for j in rng.integers(len(items), size=int(rng.integers(1, 6))))
+        session += ("no-such-item",) * (k % 4 == 0) + session[:1] * (k % 5 == 0)  # unknown ids, repeats
+        exclude = [frozenset(session), frozenset(session) | {items[k]}, frozenset(session[1:]), frozenset({"no-such-item"}), frozenset({items[k]})][k % 5]
+        user = users[k % len(users)] if k % 7 == 0 else None
+        cases.append(Query(user_id=user, session_items=session, exclude=exclude))
+    cases.append(Query(exclude=frozenset(items[:3])))  # no session: context stage
+    cases.append(Query(session_items=("no-such-item",), exclude=frozenset({"no-such-item"})))
+    for query in cases:
+        stage = blend.stage(query)
+        banned, own = blend._banned(query, stage)
+        assert banned.dtype == np.int64 and (banned.tolist(), own) == reference(query, stage)

@@ -349,6 +349,34 @@ def test_filters_over_a_stocked_catalogue_and_their_head_answer_as_over_a_plain_
     assert ids(stocked.head(query, candidates, n)) == ids(plain)[:n]
 
 
+@settings(max_examples=300, deadline=None)
+@given(items=st.lists(_ID, max_size=14), exclude=st.frozensets(st.sampled_from(["a", "c", "7", "unknown-1"])),
+       bought=st.sets(st.sampled_from(["a", "d", "8", "unknown-2"])), unknown=st.sampled_from(["keep", "drop"]),
+       stocked=st.booleans(), sources=st.booleans(), anonymous=st.booleans(), n=st.integers(0, 16))
+def test_first_gives_the_head_as_plain_lists(
+    items: list[object], exclude: frozenset[str], bought: set[str], unknown: str, stocked: bool, sources: bool, anonymous: bool, n: int
+) -> None:
+    """Filters.first and Pipeline.first (what serving writes a response from) answer as the
+    reranked Scored converted to lists would: the fast path over a stocked catalogue, duplicates,
+    non-string ids, no sources, n = 0 and n beyond the candidates included."""
+    from shelf.rerank import Chosen, Filters, StockedCatalogue
+    from shelf.rerank.catalogue import as_chosen
+
+    names = np.array([f"s{i}" for i in range(len(items))], dtype=object) if sources else None
+    candidates = Scored(np.array(items, dtype=object), np.linspace(1.0, 0.1, len(items), dtype=np.float32), names)
+    query = Query(user_id=None if anonymous else "u", exclude=exclude)
+    filters = Filters(StockedCatalogue(CATALOGUE) if stocked else CATALOGUE, unknown=unknown, purchased=lambda user: frozenset(bought))  # type: ignore[arg-type]
+    head = filters.head(query, candidates, n)
+    want = Chosen([str(i) for i in head.items.tolist()], head.scores.tolist(), [str(s) for s in head.sources.tolist()] if head.sources is not None else [""] * len(head))
+    assert filters.first(query, candidates, n) == want == as_chosen(head)
+    assert Pipeline((filters,)).first(query, candidates, n) == want
+    boosted = Pipeline((filters, Boost(CATALOGUE, "brand", "acme", 2.0)))
+    assert boosted.first(query, candidates, n) == as_chosen(boosted(query, candidates, n))
+    assert all(type(x) is float for x in want.scores)
+    with pytest.raises(ValueError):
+        Pipeline((filters,)).first(query, candidates, -1)
+
+
 def test_a_stocked_catalogue_keeps_its_out_of_stock_set_in_step() -> None:
     from shelf.rerank import StockedCatalogue
 
