@@ -277,7 +277,8 @@ class BlendRetriever:
         shared = self.__dict__.get("_items_index")
         if shared is not None and all(s.__dict__.get("_items_index") is shared for s in sources):
             # One lookup answers for every source (they share the index; see _share_item_index).
-            return "session" if bool((shared.lookup(query.session_items) >= 0).any()) else "context"
+            # Read in Python: numpy's compare-and-reduce of a few ids cost ~4 us (measured in-process).
+            return "session" if max(shared.lookup(query.session_items).tolist(), default=-1) >= 0 else "context"
         if any(len(s.item_indices(query.session_items)) for s in sources):
             return "session"
         return "context"
