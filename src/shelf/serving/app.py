@@ -106,7 +106,7 @@ log = logging.getLogger(__name__)
 
 PUBLIC_PATHS = frozenset({"/health", "/ready", "/metrics"})
 ROLE_KEY = "x-shelf-role"  # OpenAPI extension naming the role a route requires
-PSEUDONYMS_REMEMBERED = 100_000  # shoppers whose pseudonym a serving process keeps at hand
+PSEUDONYMS_REMEMBERED = 50_000  # shoppers whose pseudonym a serving process keeps at hand (~10 MB at most)
 
 
 class RandomIds:
