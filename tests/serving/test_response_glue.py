@@ -30,7 +30,9 @@ def test_exposure_time_is_written_as_isoformat_writes_it(at: datetime) -> None:
     assert orjson.dumps({"at": _iso(at)}) == orjson.dumps({"at": at.isoformat()})
 
 
-def test_remembered_pseudonyms_are_the_pseudonyms_and_stay_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_remembered_pseudonyms_are_the_pseudonyms_and_stay_bounded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     pseudonymizer = Pseudonymizer(b"a key for the test")
     runtime = types.SimpleNamespace(pseudonymizer=pseudonymizer, _pseudonyms={})
     monkeypatch.setattr(app_module, "PSEUDONYMS_REMEMBERED", 3)
