@@ -339,7 +339,7 @@ class ItemClusters:
         self.starts = np.concatenate([[0], np.cumsum(self.sizes)]).astype(np.int64)
         rows = matrix[order]  # items' rows, cluster by cluster
         self.data = np.asarray(rows.data, dtype=np.float32)
-        self.indices = np.asarray(rows.indices, dtype=np.int32)
+        self.indices = np.asarray(rows.indices, dtype=np.uint32)  # unsigned: cluster_top reads it unchecked
         self.row_starts = np.asarray(rows.indptr, dtype=np.int64)
 
     def budget(self, n: int) -> int:
