@@ -29,7 +29,7 @@ from shelf.models.retrieval._base import (
     latest_rows,
     positional_weights,
 )
-from shelf.models.retrieval.scores import ItemClusters, LinearScores, weighted_rows
+from shelf.models.retrieval.scores import ItemClusters, LinearScores, compiled
 from shelf.schema import category_levels
 
 _TOKEN = re.compile(r"\w+", re.UNICODE)
@@ -247,11 +247,9 @@ class ContentRetriever(RetrieverBase):
     def _history_profile(self, u: int) -> tuple[np.ndarray, np.ndarray]:
         """A training user's profile from their history alone: features (ascending), float32
         weights; what ``profiles_`` stores (bundles saved without it compute it per request)."""
-        from shelf.models.retrieval import kernels
-
         h, x = self.history_, self.item_vectors_
         start, end = h.indptr[u], h.indptr[u + 1]
-        _, features, sums = kernels.history_profiles(
+        _, features, sums = compiled().history_profiles(
             np.array([0, end - start], dtype=h.indptr.dtype), h.indices[start:end], h.data[start:end], x.indptr, x.indices, x.data, x.shape[1]
         )
         return features, sums.astype(np.float32)
@@ -261,15 +259,14 @@ class ContentRetriever(RetrieverBase):
         vectors of their items; ``kernels.history_profiles``), stored like a factor model's user
         vectors: a known shopper without session items is then a row lookup (~50 µs less per
         request than gathering it), and a fit computes all of them in one compiled pass."""
-        from shelf.models.retrieval import kernels
-
         h, x = self.history_, self.item_vectors_
-        indptr, features, sums = kernels.history_profiles(h.indptr, h.indices, h.data, x.indptr, x.indices, x.data, x.shape[1])
+        indptr, features, sums = compiled().history_profiles(h.indptr, h.indices, h.data, x.indptr, x.indices, x.data, x.shape[1])
         return sp.csr_matrix((sums.astype(np.float32), features.astype(np.int32), indptr), shape=(h.shape[0], x.shape[1]))
 
     def _query_scores(self, query: Query) -> LinearScores:
         # The profile: the weighted mean of the vectors of the shopper's items (history, then the
-        # session's items weighted like the whole history), gathered row by row.
+        # session's items weighted like the whole history), gathered row by row in one compiled
+        # call (``kernels.session_profile``; its numpy form is the reference in the tests).
         u = self.user_index(query.user_id)
         if 0 <= u < self.history_.shape[0] and not query.session_items:
             profiles = self.profiles_
@@ -277,22 +274,28 @@ class ContentRetriever(RetrieverBase):
                 start, end = profiles.indptr[u], profiles.indptr[u + 1]
                 return self._linear(profiles.indices[start:end], profiles.data[start:end])
             return self._linear(*self._history_profile(u))  # a bundle saved without profiles
-        items, weights = [], []
-        history_total = 0.0
-        if u >= 0:
-            start, end = self.history_.indptr[u], self.history_.indptr[u + 1]
-            items.append(self.history_.indices[start:end].astype(np.int64))
-            weights.append(self.history_.data[start:end].astype(np.float64))
-            history_total = float(weights[-1].sum())
         session = self._session_indices(query)
-        if len(session):
-            items.append(session.astype(np.int64))
-            weights.append(positional_weights(len(session), self.config.session_half_life).astype(np.float64) * max(history_total, 1.0))
-        if not items:
+        if u < 0 and not len(session):
             return self._linear(np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32))
-        w = np.concatenate(weights)
-        features, values = weighted_rows(self.item_vectors_, np.concatenate(items), w / max(float(w.sum()), 1e-12))
+        h, x = self.history_, self.item_vectors_
+        start, end = (h.indptr[u], h.indptr[u + 1]) if u >= 0 else (0, 0)
+        features, values = compiled().session_profile(
+            x.indptr, x.indices, x.data, h.indices[start:end], h.data[start:end], session, self._session_weights(len(session))
+        )
         return self._linear(features, values)
+
+    def _session_weights(self, length: int) -> np.ndarray:
+        """``positional_weights`` of a session of ``length`` items as float64, computed once per
+        length and half-life (its numpy calls cost ~10 µs a request otherwise)."""
+        key = (length, self.config.session_half_life)
+        cache: dict[tuple[int, float], np.ndarray] = self.__dict__.setdefault("_session_weights_cache", {})
+        weights = cache.get(key)
+        if weights is None:
+            weights = positional_weights(length, self.config.session_half_life).astype(np.float64)
+            weights.flags.writeable = False
+            if length <= 256:  # sessions are short; a longer one is computed each time
+                cache[key] = weights
+        return weights
 
     def _score_users(self, users: np.ndarray) -> np.ndarray:
         return self._scores_from_weights(self.history_[users])

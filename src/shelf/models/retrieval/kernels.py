@@ -130,14 +130,21 @@ def top_pairs(values: Any, keys: Any, n: int) -> Any:
 
 
 @_jit
-def cluster_top(profile: Any, used: Any, centroids_by_feature: Any, sizes: Any, starts: Any, row_starts: Any, data: Any, indices: Any, items: Any, budget: int, n: int) -> Any:
+def cluster_top(features: Any, weights: Any, centroids_by_feature: Any, sizes: Any, starts: Any, row_starts: Any, data: Any, indices: Any, items: Any, budget: int, n: int) -> Any:
     """``ItemClusters.top``: the best ``n`` positive scores (ties to the lower item) among the
-    items of the clusters closest to ``profile``, taken in closeness order until they hold
-    ``budget`` items; each item's products summed left to right in float32."""
-    n_clusters = centroids_by_feature.shape[1]
+    items of the clusters closest to the profile ``p[features] = weights``, taken in closeness
+    order until they hold ``budget`` items; each item's products summed left to right in
+    float32. The closeness sums ``p``'s non-zero features in ascending order, as ``p.nonzero()``
+    lists them; ``p`` is built here, so a request passes its sparse profile as it is."""
+    n_features, n_clusters = centroids_by_feature.shape
+    profile = np.zeros(n_features, dtype=np.float32)
+    for k in range(len(features)):
+        profile[features[k]] = weights[k]
     close = np.zeros(n_clusters, dtype=np.float32)
-    for f in used:
+    for f in _ascending_unique(features):
         w = profile[f]
+        if w == 0:
+            continue  # not among p.nonzero()
         row = centroids_by_feature[f]
         for c in range(n_clusters):
             close[c] += w * row[c]
@@ -170,13 +177,15 @@ def cluster_top(profile: Any, used: Any, centroids_by_feature: Any, sizes: Any, 
         c = chosen[r]
         for row in range(starts[c], starts[c + 1]):
             s = np.float32(0.0)
-            for e in range(row_starts[row], row_starts[row + 1]):
+            # Unsigned positions (and uint32 ``indices``): numba then reads without its check for
+            # negative indices, ~40% of this loop (~10 µs of a 1,000-item scan, measured).
+            for e in range(np.uint64(row_starts[row]), np.uint64(row_starts[row + 1])):
                 s += data[e] * profile[indices[e]]
             if s > 0:
                 out_items[m] = items[row]
                 out_values[m] = s
                 m += 1
-    return top_pairs(out_values[:m], out_items[:m], n)
+    return select_pairs(out_values[:m], out_items[:m], n)
 
 
 @_jit
@@ -431,6 +440,191 @@ def positive_columns(indptr: Any, indices: Any, data: Any, rows: Any, weights: A
     return columns[:k], values[:k]
 
 
+@_jit
+def _ascending_unique(features: Any) -> Any:
+    """``features`` sorted without repeats: the array itself when it already ascends strictly
+    (a stored profile row, ``session_profile``'s answer), checked in one pass."""
+    for k in range(1, len(features)):
+        if features[k] <= features[k - 1]:
+            return np.unique(features)
+    return features
+
+
+SELECT_BINS = 1024  # select_pairs bins the packed entries into this many ranges to find the n-th
+
+
+@_jit
+def select_pairs(values: Any, keys: Any, n: int) -> Any:
+    """``top_pairs`` (the same contract and answer: float32 ``values`` finite, ``keys`` unique in
+    [0, 2**32), the best ``n`` pairs, ties to the lower key) without its partition: the packed
+    entries are binned by range (SELECT_BINS bins between the smallest and the largest), the
+    bins counted from the top until they hold ``n``, the entries of those bins kept and only
+    they sorted. Partitioning is a branch per comparison, mispredicted about half the time on
+    scores; binning and keeping are branch-free. ``cluster_top``'s ~1,200 candidates for a top
+    200 (about 200 kept): ~10 µs less per content top than ``top_pairs``, measured in-process on
+    the bench model."""
+    m = len(values)
+    n = max(0, min(n, m))
+    if n == 0:
+        return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32)
+    sign = np.uint32(0x80000000)
+    low = np.uint64(0xFFFFFFFF)
+    bits = values.view(np.uint32)
+    packed = np.empty(m, dtype=np.uint64)
+    lo = ~np.uint64(0)
+    hi = np.uint64(0)
+    for i in range(m):
+        b = bits[i]
+        if b == sign:
+            b = np.uint32(0)  # -0.0 ties with 0.0, as the floats compare
+        b = ~b if b & sign else b | sign  # negatives: a larger magnitude ranks lower
+        p = (np.uint64(b) << np.uint64(32)) | (low - np.uint64(keys[i]))
+        packed[i] = p
+        lo = min(lo, p)
+        hi = max(hi, p)
+    if n < m:
+        shift = np.uint64(0)
+        while ((hi - lo) >> shift) >= np.uint64(SELECT_BINS):
+            shift += np.uint64(1)
+        counts = np.zeros(SELECT_BINS, dtype=np.int64)
+        for i in range(m):
+            counts[(packed[i] - lo) >> shift] += 1
+        top = np.int64((hi - lo) >> shift)
+        held = counts[top]
+        while held < n:
+            top -= 1
+            held += counts[top]
+        floor = lo + (np.uint64(top) << shift)  # the lowest entry of the lowest bin kept
+        k = 0
+        for i in range(m):
+            p = packed[i]
+            packed[k] = p
+            k += p >= floor  # branch-free: the entry is overwritten unless it is kept
+        packed = packed[:k]
+    packed = np.sort(packed)
+    k = len(packed)
+    out_keys = np.empty(n, dtype=np.int64)
+    out_bits = np.empty(n, dtype=np.uint32)
+    for j in range(n):
+        p = packed[k - 1 - j]  # best first
+        out_keys[j] = np.int64(low - (p & low))
+        b = np.uint32(p >> np.uint64(32))
+        out_bits[j] = b & ~sign if b & sign else ~b
+    return out_keys, out_bits.view(np.float32)
+
+
+@_jit
+def _block_sum(values: Any, start: int, n: int) -> float:
+    """numpy's pairwise summation of a block of at most 128 float64 entries: below 8 left to
+    right, else 8 running sums (entry ``i`` into sum ``i % 8``) combined as a tree, then the
+    entries past the last multiple of 8 left to right."""
+    if n < 8:
+        s = -0.0
+        for i in range(start, start + n):
+            s += values[i]
+        return s
+    r0, r1, r2, r3 = values[start], values[start + 1], values[start + 2], values[start + 3]
+    r4, r5, r6, r7 = values[start + 4], values[start + 5], values[start + 6], values[start + 7]
+    i = 8
+    while i < n - n % 8:
+        j = start + i
+        r0 += values[j]
+        r1 += values[j + 1]
+        r2 += values[j + 2]
+        r3 += values[j + 3]
+        r4 += values[j + 4]
+        r5 += values[j + 5]
+        r6 += values[j + 6]
+        r7 += values[j + 7]
+        i += 8
+    s = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
+    while i < n:
+        s += values[start + i]
+        i += 1
+    return s
+
+
+@_jit
+def pairwise_sum(values: Any) -> float:
+    """``np.sum`` of a float64 vector in numpy's own order (pairwise: a block of more than 128
+    entries is the sum of its halves, the first half's length rounded down to a multiple of 8;
+    ``_block_sum`` below that), so totals are bit-identical to the numpy code they replace.
+    The halving runs on an explicit stack: numba's disk cache cannot hold a recursive function
+    (a caller loaded from the cache crashed)."""
+    # Frames (start, length, halves pushed so far); finished sums wait on their own stack.
+    starts = np.empty(64, dtype=np.int64)
+    lengths = np.empty(64, dtype=np.int64)
+    phase = np.zeros(64, dtype=np.int64)
+    sums = np.empty(64, dtype=np.float64)
+    depth = 1
+    starts[0], lengths[0], phase[0] = 0, len(values), 0
+    done = 0
+    while depth:
+        d = depth - 1
+        n = lengths[d]
+        if n <= 128:
+            sums[done] = _block_sum(values, starts[d], n)
+            done += 1
+            depth -= 1
+            continue
+        half = n // 2
+        half -= half % 8
+        if phase[d] == 2:  # both halves summed: left + right
+            sums[done - 2] = sums[done - 2] + sums[done - 1]
+            done -= 1
+            depth -= 1
+            continue
+        first = phase[d] == 0
+        phase[d] += 1
+        starts[depth] = starts[d] if first else starts[d] + half
+        lengths[depth] = half if first else n - half
+        phase[depth] = 0
+        depth += 1
+    return sums[0]
+
+
+@_jit
+def session_profile(x_indptr: Any, x_indices: Any, x_data: Any, history: Any, history_weights: Any, session: Any, session_weights: Any) -> Any:
+    """Content's profile of a shopper with session items: the rows ``history`` then ``session``
+    of the item matrix ``X``, weighted ``history_weights`` and ``session_weights`` times the
+    history's total (at least 1), all divided by their total (at least 1e-12) and rounded to
+    ``X``'s dtype; then ``group_columns``' sums, columns ascending, rounded to float32. Exactly
+    ``ContentRetriever``'s numpy form (the totals summed in numpy's pairwise order, tested), in
+    one call instead of ~8 numpy calls: with the positional weights cached, ~40 µs less of a
+    session request's content profile (75 -> 33 µs, measured in-process on the bench model)."""
+    n_history, n_session = len(history), len(session)
+    rows = np.empty(n_history + n_session, dtype=np.int64)
+    w = np.empty(n_history + n_session, dtype=np.float64)
+    for k in range(n_history):
+        rows[k] = history[k]
+        w[k] = np.float64(history_weights[k])
+    scale = max(pairwise_sum(w[:n_history]), 1.0)
+    for k in range(n_session):
+        rows[n_history + k] = session[k]
+        w[n_history + k] = np.float64(session_weights[k]) * scale
+    total = max(pairwise_sum(w), 1e-12)
+    rounded = np.empty(len(w), dtype=x_data.dtype)
+    for k in range(len(w)):
+        rounded[k] = w[k] / total
+    columns, sums = group_columns(x_indptr, x_indices, x_data, rows, rounded)
+    order = np.argsort(columns)
+    values = np.empty(len(order), dtype=np.float32)
+    for j in range(len(order)):
+        values[j] = sums[order[j]]
+    return columns[order], values
+
+
+@_jit
+def posting_total(indptr: Any, features: Any) -> int:
+    """``(indptr[features + 1] - indptr[features]).sum()``: how many entries the posting lists of
+    a profile's features hold (``LinearScores.top``'s test for a profile that covers the
+    catalogue), without the three numpy calls."""
+    total = 0
+    for f in features:
+        total += indptr[f + 1] - indptr[f]
+    return total
+
+
 def warm() -> None:
     """Compile (or load from numba's on-disk cache) every kernel for the argument types serving
     passes, on tiny inputs: serving calls this when it loads a bundle, so no request pays for a
@@ -454,10 +648,17 @@ def warm() -> None:
             group_columns(np.array([0, 1], dtype=ptr_type), np.zeros(1, dtype=i32), np.ones(1, dtype=data_type), np.zeros(1, dtype=i64), np.ones(1, dtype=data_type))
             positive_columns(np.array([0, 1], dtype=ptr_type), np.zeros(1, dtype=i32), np.ones(1, dtype=data_type), np.zeros(1, dtype=i64), np.ones(1, dtype=data_type))
     history_profiles(np.array([0, 1], dtype=i32), np.zeros(1, dtype=i32), np.ones(1, dtype=f32), np.array([0, 1], dtype=i32), np.zeros(1, dtype=i32), np.ones(1, dtype=f32), 1)
-    profile = np.ones(1, dtype=f32)
-    cluster_top(
-        profile, np.zeros(1, dtype=i64), np.ones((1, 1), dtype=f32), one, np.array([0, 1], dtype=i64),
-        np.array([0, 1], dtype=i64), np.ones(1, dtype=f32), np.zeros(1, dtype=i32), np.zeros(1, dtype=i64), 1, 1,
+    for feature_type in (i32, i64):  # a stored profile row's indices, a built profile's
+        features = np.zeros(1, dtype=feature_type)
+        cluster_top(
+            features, np.ones(1, dtype=f32), np.ones((1, 1), dtype=f32), one, np.array([0, 1], dtype=i64),
+            np.array([0, 1], dtype=i64), np.ones(1, dtype=f32), np.zeros(1, dtype=np.uint32), np.zeros(1, dtype=i64), 1, 1,
+        )
+        for ptr_type in (i32, i64):
+            posting_total(np.array([0, 1], dtype=ptr_type), features)
+    select_pairs(np.ones(2, dtype=f32), np.arange(2, dtype=i64), 1)
+    session_profile(
+        np.array([0, 1], dtype=i32), np.zeros(1, dtype=i32), np.ones(1, dtype=f32), np.zeros(1, dtype=i32), np.ones(1, dtype=f32), np.zeros(1, dtype=i64), np.ones(1, dtype=f64)
     )
     _WARMED.append(True)
 

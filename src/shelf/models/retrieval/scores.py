@@ -24,13 +24,24 @@ items or more) answers a broad profile's ``top(n)`` from the closest clusters on
 
 from __future__ import annotations
 
+import functools
 import threading
+from types import ModuleType
 from typing import Any
 
 import numpy as np
 
 NEG_INF = np.float32(-np.inf)
 DENSE_SHARE = 0.25  # LinearScores scores everything once pruning would visit this share of items
+
+
+@functools.cache
+def compiled() -> ModuleType:
+    """``shelf.models.retrieval.kernels``, imported on first use (importing shelf does not
+    import numba) and kept: ~0.2 µs a call where an import statement costs ~1 µs (measured)."""
+    from shelf.models.retrieval import kernels
+
+    return kernels
 
 
 def kth_largest(values: np.ndarray, n: int) -> Any:
@@ -328,7 +339,7 @@ class ItemClusters:
         self.starts = np.concatenate([[0], np.cumsum(self.sizes)]).astype(np.int64)
         rows = matrix[order]  # items' rows, cluster by cluster
         self.data = np.asarray(rows.data, dtype=np.float32)
-        self.indices = np.asarray(rows.indices, dtype=np.int32)
+        self.indices = np.asarray(rows.indices, dtype=np.uint32)  # unsigned: cluster_top reads it unchecked
         self.row_starts = np.asarray(rows.indptr, dtype=np.int64)
 
     def budget(self, n: int) -> int:
@@ -336,16 +347,20 @@ class ItemClusters:
         return max(self.candidate_factor * n, self.min_candidates)
 
     def top(self, profile: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-        """The best ``n`` positive scores among the items of the clusters closest to ``profile``."""
+        """The best ``n`` positive scores among the items of the clusters closest to ``profile``
+        (a dense vector over the features)."""
+        used = profile.nonzero()[0]
+        return self.top_sparse(used, profile[used], n)
+
+    def top_sparse(self, features: np.ndarray, weights: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """``top`` of the profile ``p[features] = weights``, given as it is held (a request's
+        profile is sparse: building ``p`` outside the compiled pass cost a few numpy calls)."""
         if n <= 0 or not len(self.items):
             return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32)
-        from shelf.models.retrieval.kernels import cluster_top
-
         # One compiled pass (closeness, cluster order, the chosen clusters' rows, the best n): the
         # numpy form was ~15 array operations on ~20k entries, ~150 µs of a known shopper's request.
-        budget = self.budget(n)
-        return cluster_top(  # type: ignore[no-any-return]
-            profile, profile.nonzero()[0], self.centroids_by_feature, self.sizes, self.starts, self.row_starts, self.data, self.indices, self.items, budget, n
+        return compiled().cluster_top(  # type: ignore[no-any-return]
+            features, weights, self.centroids_by_feature, self.sizes, self.starts, self.row_starts, self.data, self.indices, self.items, self.budget(n), n
         )
 
 
@@ -369,7 +384,7 @@ class LinearScores:
     (``ItemClusters.budget``) takes that approximate path too: it is the cheaper one.
     """
 
-    __slots__ = ("_dense", "by_feature", "clusters", "column_max", "features", "matrix", "profile", "weights")
+    __slots__ = ("_dense", "_profile", "by_feature", "clusters", "column_max", "features", "matrix", "weights")
 
     def __init__(
         self,
@@ -383,15 +398,26 @@ class LinearScores:
         self.matrix = matrix  # items × features, CSR
         self.by_feature = by_feature  # features × items, CSR (posting lists)
         self.column_max = column_max
-        self.features = np.asarray(features, dtype=np.int64)
+        # int32 kept as it is (a stored profile row's indices): a copy per request otherwise.
+        features = np.asarray(features)
+        self.features = features if features.dtype == np.int32 else np.asarray(features, dtype=np.int64)
         self.weights = np.asarray(weights, dtype=np.float32)
-        self.profile = np.zeros(matrix.shape[1], dtype=np.float32)
-        self.profile[self.features] = self.weights
+        self._profile: np.ndarray | None = None
         self._dense: np.ndarray | None = None
         self.clusters = clusters
 
     def __len__(self) -> int:
         return int(self.matrix.shape[0])
+
+    @property
+    def profile(self) -> np.ndarray:
+        """The profile as a dense float32 vector over the features, built the first time it is
+        asked: a broad top-n (every request on a big catalogue) reads the sparse one."""
+        if self._profile is None:
+            profile = np.zeros(self.matrix.shape[1], dtype=np.float32)
+            profile[self.features] = self.weights
+            self._profile = profile
+        return self._profile
 
     def _exact(self, idx: np.ndarray) -> np.ndarray:
         if not len(idx):
@@ -407,11 +433,11 @@ class LinearScores:
         if n <= 0 or not len(self.features):
             return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32)
         ptr = self.by_feature.indptr
-        lengths = ptr[self.features + 1] - ptr[self.features]  # posting list lengths
-        if int(lengths.sum()) >= len(self):
+        if compiled().posting_total(ptr, self.features) >= len(self):
             # The profile's features cover the catalogue over (a small vocabulary of broad
             # features): pruning would gather most rows anyway; one pass over the matrix is cheaper.
             return self._broad(n)
+        lengths = ptr[self.features + 1] - ptr[self.features]  # posting list lengths
         bound = self.weights.astype(np.float64) * self.column_max[self.features]
         order = np.argsort(-bound, kind="stable")  # most promising feature first
         lengths = lengths[order]
@@ -447,7 +473,7 @@ class LinearScores:
     def _broad(self, n: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-n of a profile that reaches most of the catalogue: every row, or the closest clusters."""
         if self.clusters is not None:
-            return self.clusters.top(self.profile, n)
+            return self.clusters.top_sparse(self.features, self.weights, n)
         return DenseScores(self._full()).top(n)
 
     def at(self, idx: np.ndarray) -> np.ndarray:
