@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from itertools import accumulate
 from pathlib import Path
 from typing import Any, Literal, Self
 
@@ -458,8 +459,8 @@ class BlendRetriever:
             return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float64), np.empty(0, dtype=np.int64)
         from shelf.models.retrieval import kernels
 
-        starts = np.zeros(len(idx_parts) + 1, dtype=np.int64)
-        np.cumsum([len(p) for p in idx_parts], out=starts[1:])
+        # Offsets summed in Python: np.cumsum of a short list cost ~9 µs here.
+        starts = np.fromiter(accumulate(map(len, idx_parts), initial=0), dtype=np.int64, count=len(idx_parts) + 1)
         args = (
             np.concatenate(idx_parts).astype(np.int64, copy=False),
             np.concatenate(value_parts).astype(np.float64, copy=False),
