@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 NEG_INF = np.float32(-np.inf)
+TOPS_KEPT = 64  # RankedScores keeps its answers for this many sizes n
 DENSE_SHARE = 0.25  # LinearScores scores everything once pruning would visit this share of items
 
 
@@ -261,19 +262,26 @@ class RankedScores:
     asks for more. Ranking only a prefix keeps a cache miss O(catalogue), not a full sort.
     """
 
-    __slots__ = ("_bounds", "_lock", "order", "values")
+    __slots__ = ("_bounds", "_lock", "_tops", "order", "values")
 
     def __init__(self, values: np.ndarray, prefix: int = 1024) -> None:
         self.values = np.asarray(values, dtype=np.float32)
         self.order = top_of(self.values, prefix)
         self._lock = threading.Lock()
         self._bounds: tuple[float, float] | None | bool = False  # False: not computed yet
+        self._tops: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     def __len__(self) -> int:
         return len(self.values)
 
     def top(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """The best ``n`` (read-only arrays, shared): requests ask for a few sizes only
+        (candidates per source, plus their bans), each answered once: ~2 µs less per source and
+        request than a slice and a gather each time (measured in-process)."""
         n = max(n, 0)
+        found = self._tops.get(n)
+        if found is not None:
+            return found
         order = self.order
         if n > len(order) and len(order) < len(self.values):
             with self._lock:  # shared across serving threads: grow once
@@ -281,7 +289,11 @@ class RankedScores:
                 if n > len(order):
                     order = self.order = top_of(self.values, max(n, 2 * len(order)))
         idx = order[:n]
-        return idx, self.values[idx]
+        values = self.values[idx]
+        idx.flags.writeable = values.flags.writeable = False
+        if len(self._tops) < TOPS_KEPT:  # racing threads store equal answers
+            self._tops[n] = (idx, values)
+        return idx, values
 
     def at(self, idx: np.ndarray) -> np.ndarray:
         return self.values[idx]
