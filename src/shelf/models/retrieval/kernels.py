@@ -431,6 +431,21 @@ def positive_columns(indptr: Any, indices: Any, data: Any, rows: Any, weights: A
     return columns[:k], values[:k]
 
 
+@_jit
+def neighbour_scores(indptr: Any, indices: Any, data: Any, history: Any, session: Any, weights: Any) -> Any:
+    """``positive_columns`` over the rows ``(history ++ session)[-len(weights):]`` (the query
+    items, oldest first) with ``weights`` in the matrix's dtype: a co-occurrence request's
+    neighbour scores straight from the user's recent items and the session's, without the
+    concatenation, cast and slice before it (~10 µs of a request's glue, measured in-process)."""
+    m = len(weights)
+    skip = len(history) + len(session) - m  # the oldest items beyond the query's length
+    rows = np.empty(m, dtype=np.int64)
+    for k in range(m):
+        j = skip + k
+        rows[k] = history[j] if j < len(history) else session[j - len(history)]
+    return positive_columns(indptr, indices, data, rows, weights)
+
+
 def warm() -> None:
     """Compile (or load from numba's on-disk cache) every kernel for the argument types serving
     passes, on tiny inputs: serving calls this when it loads a bundle, so no request pays for a
@@ -453,6 +468,10 @@ def warm() -> None:
         for data_type in (f32, f64):
             group_columns(np.array([0, 1], dtype=ptr_type), np.zeros(1, dtype=i32), np.ones(1, dtype=data_type), np.zeros(1, dtype=i64), np.ones(1, dtype=data_type))
             positive_columns(np.array([0, 1], dtype=ptr_type), np.zeros(1, dtype=i32), np.ones(1, dtype=data_type), np.zeros(1, dtype=i64), np.ones(1, dtype=data_type))
+    shared = np.ones(1, dtype=f32)
+    shared.flags.writeable = False  # positional_weights' answers are read-only: numba types them apart
+    for history_type in (i32, i64):
+        neighbour_scores(np.array([0, 1], dtype=i32), np.zeros(1, dtype=i32), np.ones(1, dtype=f32), np.zeros(1, dtype=history_type), np.zeros(1, dtype=i64), shared)
     history_profiles(np.array([0, 1], dtype=i32), np.zeros(1, dtype=i32), np.ones(1, dtype=f32), np.array([0, 1], dtype=i32), np.zeros(1, dtype=i32), np.ones(1, dtype=f32), 1)
     profile = np.ones(1, dtype=f32)
     cluster_top(
