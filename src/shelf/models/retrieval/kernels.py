@@ -446,6 +446,62 @@ def neighbour_scores(indptr: Any, indices: Any, data: Any, history: Any, session
     return positive_columns(indptr, indices, data, rows, weights)
 
 
+TOP_BUCKET_BITS = 11  # top_bucketed's histogram: the highest bits of each value's ordered form
+
+
+@_jit
+def top_bucketed(values: Any, keys: Any, n: int) -> Any:
+    """``top_pairs(values, keys, n)``, the same answer, cheaper when ``n`` is a sizeable share of
+    the entries (a request's ~200 of a co-occurrence row sum's ~700): a histogram of each value's
+    top ``TOP_BUCKET_BITS`` bits (in float order) finds the buckets holding the best ``n``, and
+    only their entries are packed and sorted, instead of a partition of every entry and a sort of
+    the ``n`` (~6 µs of a known shopper's co-occurrence top, measured in-process). When those
+    buckets hold more than twice ``n`` entries (values bunched together), top_pairs answers."""
+    m = len(values)
+    n = max(0, min(n, m))
+    if n == 0:
+        return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32)
+    sign = np.uint32(0x80000000)
+    shift = np.uint32(32 - TOP_BUCKET_BITS)
+    ordered = np.empty(m, dtype=np.uint32)
+    bits = values.view(np.uint32)
+    for i in range(m):
+        b = bits[i]
+        if b == sign:
+            b = np.uint32(0)  # -0.0 ties with 0.0, as the floats compare
+        ordered[i] = ~b if b & sign else b | sign  # unsigned order is the floats' order
+    cut = np.uint32(0)
+    chosen = m
+    if n < m:
+        count = np.zeros(1 << TOP_BUCKET_BITS, dtype=np.int64)
+        for i in range(m):
+            count[ordered[i] >> shift] += 1
+        bucket = (1 << TOP_BUCKET_BITS) - 1
+        chosen = count[bucket]
+        while chosen < n:
+            bucket -= 1
+            chosen += count[bucket]
+        if chosen > 2 * n:
+            return top_pairs(values, keys, n)
+        cut = np.uint32(bucket)
+    low = np.uint64(0xFFFFFFFF)
+    packed = np.empty(chosen, dtype=np.uint64)
+    c = 0
+    for i in range(m):
+        if ordered[i] >> shift >= cut:
+            packed[c] = (np.uint64(ordered[i]) << np.uint64(32)) | (low - np.uint64(keys[i]))
+            c += 1
+    packed.sort()
+    out_keys = np.empty(n, dtype=np.int64)
+    out_bits = np.empty(n, dtype=np.uint32)
+    for j in range(n):
+        p = packed[chosen - 1 - j]  # best first
+        out_keys[j] = np.int64(low - (p & low))
+        b = np.uint32(p >> np.uint64(32))
+        out_bits[j] = b & ~sign if b & sign else ~b
+    return out_keys, out_bits.view(np.float32)
+
+
 def warm() -> None:
     """Compile (or load from numba's on-disk cache) every kernel for the argument types serving
     passes, on tiny inputs: serving calls this when it loads a bundle, so no request pays for a
@@ -468,6 +524,7 @@ def warm() -> None:
         for data_type in (f32, f64):
             group_columns(np.array([0, 1], dtype=ptr_type), np.zeros(1, dtype=i32), np.ones(1, dtype=data_type), np.zeros(1, dtype=i64), np.ones(1, dtype=data_type))
             positive_columns(np.array([0, 1], dtype=ptr_type), np.zeros(1, dtype=i32), np.ones(1, dtype=data_type), np.zeros(1, dtype=i64), np.ones(1, dtype=data_type))
+    top_bucketed(np.ones(2, dtype=f32), np.arange(2, dtype=i64), 1)
     shared = np.ones(1, dtype=f32)
     shared.flags.writeable = False  # positional_weights' answers are read-only: numba types them apart
     for history_type in (i32, i64):
