@@ -264,6 +264,26 @@ class SparseScores:
         return float(self.values.min()), float(self.values.max())
 
 
+class RankedRow(SparseScores):
+    """A ``SparseScores`` whose entries' ranking is known (``ranked``: positions, best first,
+    ties to the lower item; the caller guarantees it): top-n is a slice and a gather, no compiled
+    call (a repeat history row, ranked once per fit or load: ~10 µs of a known shopper's request,
+    measured in-process)."""
+
+    __slots__ = ("ranked",)
+
+    @classmethod
+    def of(cls, idx: np.ndarray, values: np.ndarray, size: int, ranked: np.ndarray) -> RankedRow:
+        """Ascending unique int64 ``idx``, finite float32 ``values`` (as ``SparseScores.ascending``)."""
+        out = cls.__new__(cls)
+        out.idx, out.values, out.size, out._ordered, out.ranked = idx, values, size, True, ranked
+        return out
+
+    def top(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        pos = self.ranked[: max(n, 0)]
+        return self.idx[pos], self.values[pos]
+
+
 class RankedScores:
     """A dense vector shared by many requests (popularity per segment), with its best items
     ranked once: top-n is a slice of that ranking, grown (doubling) the first time a request
@@ -493,4 +513,4 @@ class LinearScores:
 
 QueryScores = DenseScores | SparseScores | RankedScores | LinearScores
 
-__all__ = ["DenseScores", "ItemClusters", "LinearScores", "QueryScores", "RankedScores", "SparseScores", "positive_rows", "top_of", "top_of_rows", "weighted_rows"]
+__all__ = ["DenseScores", "ItemClusters", "LinearScores", "QueryScores", "RankedRow", "RankedScores", "SparseScores", "positive_rows", "top_of", "top_of_rows", "weighted_rows"]
