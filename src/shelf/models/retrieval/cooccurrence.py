@@ -29,7 +29,7 @@ from shelf.models.retrieval._base import (
     check_positive,
     positional_weights,
 )
-from shelf.models.retrieval.scores import SparseScores
+from shelf.models.retrieval.scores import NeighbourScores, SparseScores
 
 MICROS_PER_MINUTE = 60_000_000
 
@@ -204,7 +204,7 @@ class CoOccurrenceRetriever(RetrieverBase):
             dtype=np.float32,
         )
 
-    def _query_scores(self, query: Query) -> SparseScores:
+    def _query_scores(self, query: Query) -> SparseScores | NeighbourScores:
         # The query items' neighbour rows, weighted by recency and summed: O(query items x neighbours).
         u = self.user_index(query.user_id)
         session = self._session_indices(query)
@@ -212,15 +212,12 @@ class CoOccurrenceRetriever(RetrieverBase):
         length = min(len(history) + len(session), self.config.query_items)
         if not length:
             return SparseScores.unordered(np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32), len(self.item_ids_))
-        from shelf.models.retrieval import kernels
-
-        # positive_rows over the latest items, in one compiled call; its weights cast as it casts them.
+        # positive_rows over the latest items, summed when first asked; its weights cast as it casts them.
         m = self.similarity_
         weights = positional_weights(length, self.config.query_half_life)
         if weights.dtype != m.data.dtype:
             weights = weights.astype(np.float64).astype(m.data.dtype)
-        columns, values = kernels.neighbour_scores(m.indptr, m.indices, m.data, history, session, weights)
-        return SparseScores.unordered(columns, values, len(self.item_ids_))
+        return NeighbourScores(m, history, session, weights, len(self.item_ids_))
 
     def _score_users(self, users: np.ndarray) -> np.ndarray:
         scores = (self._query_matrix(users) @ self.similarity_).toarray()

@@ -264,24 +264,81 @@ class SparseScores:
         return float(self.values.min()), float(self.values.max())
 
 
-class RankedRow(SparseScores):
-    """A ``SparseScores`` whose entries' ranking is known (``ranked``: positions, best first,
-    ties to the lower item; the caller guarantees it): top-n is a slice and a gather, no compiled
-    call (a repeat history row, ranked once per fit or load: ~10 µs of a known shopper's request,
-    measured in-process)."""
+class RankedRow:
+    """A sparse row whose entries are held ranked (best first, ties to the lower item; the caller
+    guarantees it, and that the values are finite and positive): top-n is two slices, no compiled
+    call, no gather (a repeat history row, ranked once per fit or load: ~10 µs of a known
+    shopper's request, measured in-process). ``at``, ``dense`` and ``bounds`` answer as the
+    ``SparseScores`` of the same entries, built when first asked. Per query."""
 
-    __slots__ = ("ranked",)
+    __slots__ = ("_sparse", "items", "size", "values")
 
-    @classmethod
-    def of(cls, idx: np.ndarray, values: np.ndarray, size: int, ranked: np.ndarray) -> RankedRow:
-        """Ascending unique int64 ``idx``, finite float32 ``values`` (as ``SparseScores.ascending``)."""
-        out = cls.__new__(cls)
-        out.idx, out.values, out.size, out._ordered, out.ranked = idx, values, size, True, ranked
-        return out
+    def __init__(self, items: np.ndarray, values: np.ndarray, size: int) -> None:
+        self.items, self.values, self.size = items, values, size
+        self._sparse: SparseScores | None = None
+
+    def __len__(self) -> int:
+        return self.size
 
     def top(self, n: int) -> tuple[np.ndarray, np.ndarray]:
-        pos = self.ranked[: max(n, 0)]
-        return self.idx[pos], self.values[pos]
+        n = max(n, 0)
+        return self.items[:n].astype(np.int64), self.values[:n]
+
+    def sparse(self) -> SparseScores:
+        if self._sparse is None:
+            self._sparse = SparseScores(self.items, self.values, self.size)
+        return self._sparse
+
+    def at(self, idx: np.ndarray) -> np.ndarray:
+        return self.sparse().at(idx)
+
+    def dense(self) -> np.ndarray:
+        return self.sparse().dense()
+
+    def bounds(self) -> tuple[float, float] | None:
+        return self.sparse().bounds()
+
+
+class NeighbourScores:
+    """The co-occurrence scores of one request (``kernels.neighbour_scores``: the summed,
+    recency-weighted neighbour rows of the query items), computed when first asked: ``top(n)``
+    sums and selects in one compiled call (``kernels.neighbour_top``), which is all a blend's
+    request asks; ``at``, ``dense`` and ``bounds`` answer from the sums as ``SparseScores``.
+    Per query, never shared between requests."""
+
+    __slots__ = ("_args", "_sums", "size")
+
+    def __init__(self, matrix: Any, history: np.ndarray, session: np.ndarray, weights: np.ndarray, size: int) -> None:
+        self._args = (matrix.indptr, matrix.indices, matrix.data, history, session, weights)
+        self._sums: SparseScores | None = None
+        self.size = size
+
+    def __len__(self) -> int:
+        return self.size
+
+    def sums(self) -> SparseScores:
+        """Every proposed item with its score (computed once)."""
+        if self._sums is None:
+            from shelf.models.retrieval import kernels
+
+            self._sums = SparseScores.unordered(*kernels.neighbour_scores(*self._args), self.size)
+        return self._sums
+
+    def top(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        if self._sums is not None:
+            return self._sums.top(n)
+        from shelf.models.retrieval import kernels
+
+        return kernels.neighbour_top(*self._args, max(n, 0))  # type: ignore[no-any-return]
+
+    def at(self, idx: np.ndarray) -> np.ndarray:
+        return self.sums().at(idx)
+
+    def dense(self) -> np.ndarray:
+        return self.sums().dense()
+
+    def bounds(self) -> tuple[float, float] | None:
+        return self.sums().bounds()
 
 
 class RankedScores:
@@ -511,6 +568,6 @@ class LinearScores:
         return (float(finite.min()), float(finite.max())) if len(finite) else None
 
 
-QueryScores = DenseScores | SparseScores | RankedScores | LinearScores
+QueryScores = DenseScores | SparseScores | NeighbourScores | RankedRow | RankedScores | LinearScores
 
-__all__ = ["DenseScores", "ItemClusters", "LinearScores", "QueryScores", "RankedRow", "RankedScores", "SparseScores", "positive_rows", "top_of", "top_of_rows", "weighted_rows"]
+__all__ = ["DenseScores", "ItemClusters", "LinearScores", "NeighbourScores", "QueryScores", "RankedRow", "RankedScores", "SparseScores", "positive_rows", "top_of", "top_of_rows", "weighted_rows"]
