@@ -102,6 +102,12 @@ def test_neighbour_scores_are_the_positive_rows_of_the_latest_items(
                 np.testing.assert_array_equal(idx, want.idx)  # the same order of first appearance
                 np.testing.assert_array_equal(values, want.values)
                 assert idx.dtype == np.int64 and values.dtype == np.float32
+                for n in (0, 1, 50, 1000):  # summed and selected in one call: the same best n
+                    top = kernels.neighbour_top(
+                        matrix.indptr, matrix.indices, matrix.data, history, session, weights, n
+                    )
+                    for g, w in zip(top, want.top(n), strict=True):
+                        np.testing.assert_array_equal(g, w)
 
 
 def test_cooccurrence_query_scores_are_unchanged(data: Interactions) -> None:
