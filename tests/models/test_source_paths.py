@@ -240,3 +240,25 @@ def test_top_bucketed_is_a_lexsort_of_float32(seed: int) -> None:
         want = kernels.top_pairs(values, keys, n)
         np.testing.assert_array_equal(got[0], want[0])
         np.testing.assert_array_equal(got[1].view(np.uint32), want[1].view(np.uint32))
+
+
+def test_group_columns_sums_onto_zero_as_bincount() -> None:
+    """Each column's products are summed onto 0.0, as ``np.bincount`` sums them: a column whose
+    only product is -0.0 sums to +0.0, bit for bit (its single-table grouping keeps that)."""
+    data = np.array([-0.0, 1.0, -2.0, -0.0, 3.0], dtype=np.float32)  # explicit signed zeros, stored
+    matrix = sp.csr_matrix((data, np.array([0, 1, 3, 1, 2]), np.array([0, 3, 5])), shape=(2, 4))
+    for rows, weights in (([0], [1.0]), ([1, 0], [2.0, -0.0]), ([0, 0, 1], [1.0, 0.5, -1.0])):
+        rows = np.asarray(rows, dtype=np.int64)
+        w = np.asarray(weights, dtype=np.float32)
+        columns, sums = kernels.group_columns(matrix.indptr, matrix.indices, matrix.data, rows, w)
+        products = np.concatenate(
+            [
+                matrix.data[matrix.indptr[r] : matrix.indptr[r + 1]] * w[k]
+                for k, r in enumerate(rows)
+            ]
+        )
+        cols = np.concatenate(
+            [matrix.indices[matrix.indptr[r] : matrix.indptr[r + 1]] for r in rows]
+        )
+        want = np.bincount(cols, weights=products, minlength=4)
+        np.testing.assert_array_equal(sums.view(np.uint64), want[columns].view(np.uint64))

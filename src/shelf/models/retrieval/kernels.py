@@ -395,8 +395,14 @@ def group_columns(indptr: Any, indices: Any, data: Any, rows: Any, weights: Any)
     total = 0
     for r in rows:
         total += indptr[r + 1] - indptr[r]
-    table = _slots(total)
-    group = np.empty(len(table), dtype=np.int64)
+    # One open-addressing table of (column << 32 | group) entries, -1 free, at most half full:
+    # one read per probe instead of a key table and a group table (~3 µs of a known shopper's
+    # ~1,100 co-occurrence entries, measured in-process; columns below 2**31).
+    size = 16
+    while size < 2 * total:
+        size *= 2
+    mask = size - 1
+    table = np.full(size, -1, dtype=np.int64)
     columns = np.empty(total, dtype=np.int64)
     sums = np.zeros(total, dtype=np.float64)
     g = 0
@@ -405,13 +411,19 @@ def group_columns(indptr: Any, indices: Any, data: Any, rows: Any, weights: Any)
         w = weights[k]
         for p in range(indptr[r], indptr[r + 1]):
             col = np.int64(indices[p])
-            h = _slot(table, col)
-            if table[h] == -1:
-                table[h] = col
-                group[h] = g
-                columns[g] = col
-                g += 1
-            sums[group[h]] += data[p] * w  # the product in the matrix's dtype, then widened
+            h = (col * 0x9E3779B1) & mask
+            while True:
+                entry = table[h]
+                if entry == -1:
+                    table[h] = (col << 32) | g
+                    columns[g] = col
+                    sums[g] += data[p] * w  # the product in the matrix's dtype, then widened (onto 0.0, as bincount)
+                    g += 1
+                    break
+                if entry >> 32 == col:
+                    sums[entry & 0xFFFFFFFF] += data[p] * w
+                    break
+                h = (h + 1) & mask
     return columns[:g], sums[:g]
 
 
