@@ -262,3 +262,25 @@ def test_group_columns_sums_onto_zero_as_bincount() -> None:
         )
         want = np.bincount(cols, weights=products, minlength=4)
         np.testing.assert_array_equal(sums.view(np.uint64), want[columns].view(np.uint64))
+
+
+def test_item_indices_of_a_tuple_are_shared_read_only(data: Interactions) -> None:
+    """Sources asking for the same session tuple share one read-only answer; other inputs get
+    their own; every answer is the known items' indices in order."""
+    a, b = CoOccurrenceRetriever().fit(data), RepeatRetriever().fit(data)
+    b.__dict__["_items_index"] = a.items  # as a blend shares its sources' item index
+    items = (*[str(i) for i in data.items.ids[:5]], "not-an-item", str(data.items.ids[2]))
+    want = a.items.lookup(list(items))
+    want = want[want >= 0]
+    first, second = a.item_indices(items), b.item_indices(items)
+    assert first is second and not first.flags.writeable
+    np.testing.assert_array_equal(first, want)
+    fresh = a.item_indices(list(items))
+    assert fresh is not first and fresh.flags.writeable
+    np.testing.assert_array_equal(fresh, want)
+    other = tuple(reversed(items))
+    np.testing.assert_array_equal(a.item_indices(other), want[::-1])
+    np.testing.assert_array_equal(
+        a.item_indices(items), want
+    )  # the earlier tuple again: looked up afresh
+    assert len(a.item_indices(())) == 0 and len(a.item_indices([])) == 0

@@ -548,9 +548,12 @@ def warm() -> None:
     top_bucketed(np.ones(2, dtype=f32), np.arange(2, dtype=i64), 1)
     shared = np.ones(1, dtype=f32)
     shared.flags.writeable = False  # positional_weights' answers are read-only: numba types them apart
-    for history_type in (i32, i64):
-        neighbour_scores(np.array([0, 1], dtype=i32), np.zeros(1, dtype=i32), np.ones(1, dtype=f32), np.zeros(1, dtype=history_type), np.zeros(1, dtype=i64), shared)
-        neighbour_top(np.array([0, 1], dtype=i32), np.zeros(1, dtype=i32), np.ones(1, dtype=f32), np.zeros(1, dtype=history_type), np.zeros(1, dtype=i64), shared, 1)
+    remembered = np.zeros(1, dtype=i64)
+    remembered.flags.writeable = False  # so are item_indices' session answers (and an anonymous history, a slice of one)
+    for history in (np.zeros(1, dtype=i32), np.zeros(1, dtype=i64), remembered):
+        for session in (np.zeros(1, dtype=i64), remembered):
+            neighbour_scores(np.array([0, 1], dtype=i32), np.zeros(1, dtype=i32), np.ones(1, dtype=f32), history, session, shared)
+            neighbour_top(np.array([0, 1], dtype=i32), np.zeros(1, dtype=i32), np.ones(1, dtype=f32), history, session, shared, 1)
     history_profiles(np.array([0, 1], dtype=i32), np.zeros(1, dtype=i32), np.ones(1, dtype=f32), np.array([0, 1], dtype=i32), np.zeros(1, dtype=i32), np.ones(1, dtype=f32), 1)
     profile = np.ones(1, dtype=f32)
     cluster_top(
