@@ -159,8 +159,10 @@ class RetrieverBase:
     @property
     def users(self) -> IdIndex:
         """Users known to the model (training users, then folded-in ones)."""
-        self._check_fitted()
         index = self.__dict__.get("_users_index")
+        if index is not None and len(index) == len(self.user_ids_):
+            return index  # every source looks the shopper up per request: the built index first
+        self._check_fitted()
         if index is None or len(index) != len(self.user_ids_):
             index = self.__dict__["_users_index"] = IdIndex(self.user_ids_)
         return index

@@ -34,6 +34,20 @@ TOPS_KEPT = 64  # RankedScores keeps its answers for this many sizes n
 DENSE_SHARE = 0.25  # LinearScores scores everything once pruning would visit this share of items
 
 
+_KERNELS: list[Any] = []  # the kernels module, once compiled() first imported it
+
+
+def compiled() -> Any:
+    """``shelf.models.retrieval.kernels``, imported on first use (importing shelf does not import
+    numba): an import statement per request costs ~1 µs (the import machinery runs each time),
+    this accessor a tenth of that."""
+    if not _KERNELS:
+        from shelf.models.retrieval import kernels
+
+        _KERNELS.append(kernels)
+    return _KERNELS[0]
+
+
 def kth_largest(values: np.ndarray, n: int) -> Any:
     """The ``n``-th largest value (1-based; ``n <= len(values)``), NaN never counted.
 
@@ -115,8 +129,7 @@ def weighted_rows(matrix: Any, rows: np.ndarray, weights: np.ndarray, *, ordered
     column's products are summed in input order in float64 (what ``np.bincount`` does), in one
     compiled pass (``kernels.group_columns``; its numpy form is the reference in the tests).
     """
-    from shelf.models.retrieval import kernels
-
+    kernels = compiled()
     rows = np.asarray(rows, dtype=np.int64)
     if not len(rows):
         return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float64)
@@ -132,8 +145,7 @@ def positive_rows(matrix: Any, rows: np.ndarray, weights: np.ndarray, size: int)
     """``SparseScores.from_positive(*weighted_rows(matrix, rows, weights), size)`` in one compiled
     pass (``kernels.positive_columns``), its items left in the order they were met: a request
     only asks such scores for a top-n, which does not need them sorted (``SparseScores``)."""
-    from shelf.models.retrieval import kernels
-
+    kernels = compiled()
     rows = np.asarray(rows, dtype=np.int64)
     if not len(rows):
         return SparseScores(np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32), size)
@@ -235,8 +247,7 @@ class SparseScores:
     def top(self, n: int) -> tuple[np.ndarray, np.ndarray]:
         if n <= 0 or not len(self.idx):
             return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32)
-        from shelf.models.retrieval import kernels
-
+        kernels = compiled()
         # Ties to the lower item whatever the order held (the items are unique); one compiled
         # call instead of top_of's partition, masks and lexsort (the same order: tested).
         return kernels.top_bucketed(self.values, self.idx, n)  # type: ignore[no-any-return]
@@ -319,16 +330,14 @@ class NeighbourScores:
     def sums(self) -> SparseScores:
         """Every proposed item with its score (computed once)."""
         if self._sums is None:
-            from shelf.models.retrieval import kernels
-
+            kernels = compiled()
             self._sums = SparseScores.unordered(*kernels.neighbour_scores(*self._args), self.size)
         return self._sums
 
     def top(self, n: int) -> tuple[np.ndarray, np.ndarray]:
         if self._sums is not None:
             return self._sums.top(n)
-        from shelf.models.retrieval import kernels
-
+        kernels = compiled()
         return kernels.neighbour_top(*self._args, max(n, 0))  # type: ignore[no-any-return]
 
     def at(self, idx: np.ndarray) -> np.ndarray:
