@@ -215,14 +215,6 @@ class SparseScores:
         return out
 
     @classmethod
-    def ascending(cls, idx: np.ndarray, values: np.ndarray, size: int) -> SparseScores:
-        """Ascending unique int64 ``idx`` with contiguous, finite, positive float32 ``values``
-        (the caller guarantees all of it: a repeat history row), held as they are."""
-        out = cls.__new__(cls)
-        out.idx, out.values, out.size, out._ordered = idx, values, size, True
-        return out
-
-    @classmethod
     def from_positive(cls, idx: np.ndarray, values: np.ndarray, size: int, *, ascending: bool = False) -> SparseScores:
         """Keep the strictly positive entries (the ``scores > 0 else -inf`` rule of most sources).
 
