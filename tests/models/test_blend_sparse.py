@@ -3,12 +3,17 @@ gives: every source's whole-catalogue vector, fused, with the fallback filling u
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from shelf.models.base import Interactions, Query
 from shelf.models.conformance import make_interactions, sample_queries
-from shelf.models.retrieval import BlendConfig, BlendRetriever, default_blend
+from shelf.models.retrieval import BlendConfig, BlendRetriever, PopularityRetriever, default_blend
 from shelf.models.retrieval._base import NEG_INF, top_indices
 
 
@@ -209,3 +214,53 @@ def test_banned_items_equal_the_lookup_of_the_exclusions() -> None:
         stage = blend.stage(query)
         banned, own = blend._banned(query, stage)
         assert banned.dtype == np.int64 and (banned.tolist(), own) == reference(query, stage)
+
+
+def test_no_request_compiles_a_kernel_after_warm(tmp_path: Path) -> None:
+    """Serving loads a bundle and warms its kernels; a request that then met a new argument type
+    (a read-only array is a type of its own to numba) would compile for seconds mid-traffic.
+    Checked in a fresh process, as serving runs: this one compiled whatever the fits asked for."""
+    from shelf.models.retrieval import ContentConfig, ContentRetriever
+
+    data = make_interactions(seed=7)
+    default_blend().fit(data).save(tmp_path / "blend")
+    # The content source with item clusters too (the path of catalogues past approximate_from).
+    BlendRetriever(
+        {"content": ContentRetriever(ContentConfig(approximate_from=1)), "popularity": PopularityRetriever()},
+        BlendConfig(weights={"content": 1.0, "popularity": 0.3}),
+    ).fit(data).save(tmp_path / "clustered")
+    items = [str(i) for i in data.items.ids]
+    rng = np.random.default_rng(0)
+    sessions = [[items[j] for j in rng.integers(len(items), size=int(rng.integers(1, 6)))] for _ in range(20)]
+    script = f"""
+import json, sys
+import numba
+from shelf.models.base import Query
+from shelf.models.retrieval import BlendRetriever, kernels
+models = [BlendRetriever.load(sys.argv[1] + "/" + name) for name in ("blend", "clustered")]
+for model in models:
+    model.warm()
+def signatures():
+    return {{name: len(f.signatures) for name, f in vars(kernels).items() if isinstance(f, numba.core.registry.CPUDispatcher)}}
+before = signatures()
+users = {[str(u) for u in data.users.ids][:20]!r}
+for user, session in zip(users, {sessions!r}):
+    session = tuple(session)
+    for query in (
+        Query(user_id=user),
+        Query(session_items=session, exclude=frozenset(session)),
+        Query(session_items=session),
+        Query(session_items=list(session)),
+        Query(user_id=user, session_items=session, exclude=frozenset(session)),
+        Query(user_id="nobody", session_items=session),
+        Query(),
+    ):
+        for model in models:
+            model.retrieve(query, 20)
+            model.candidates(query, 20)
+after = signatures()
+print(json.dumps({{name: [before[name], after[name]] for name in after if after[name] != before[name]}}))
+"""
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == {}  # kernel: [signatures after warm, after the requests]
