@@ -280,22 +280,9 @@ class ContentRetriever(RetrieverBase):
         h, x = self.history_, self.item_vectors_
         start, end = (h.indptr[u], h.indptr[u + 1]) if u >= 0 else (0, 0)
         features, values = compiled().session_profile(
-            x.indptr, x.indices, x.data, h.indices[start:end], h.data[start:end], session, self._session_weights(len(session))
+            x.indptr, x.indices, x.data, h.indices[start:end], h.data[start:end], session, positional_weights(len(session), self.config.session_half_life)
         )
         return self._linear(features, values)
-
-    def _session_weights(self, length: int) -> np.ndarray:
-        """``positional_weights`` of a session of ``length`` items as float64, computed once per
-        length and half-life (its numpy calls cost ~10 µs a request otherwise)."""
-        key = (length, self.config.session_half_life)
-        cache: dict[tuple[int, float], np.ndarray] = self.__dict__.setdefault("_session_weights_cache", {})
-        weights = cache.get(key)
-        if weights is None:
-            weights = positional_weights(length, self.config.session_half_life).astype(np.float64)
-            weights.flags.writeable = False
-            if length <= 256:  # sessions are short; a longer one is computed each time
-                cache[key] = weights
-        return weights
 
     def _score_users(self, users: np.ndarray) -> np.ndarray:
         return self._scores_from_weights(self.history_[users])

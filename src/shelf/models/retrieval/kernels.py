@@ -758,10 +758,8 @@ def warm() -> None:
         for ptr_type in (i32, i64):
             posting_total(np.array([0, 1], dtype=ptr_type), features)
     select_pairs(np.ones(2, dtype=f32), np.arange(2, dtype=i64), 1)
-    session_weights = np.ones(1, dtype=f64)
-    session_weights.flags.writeable = False  # content's cached session weights are read-only
     for session in (np.zeros(1, dtype=i64), remembered):  # a list's lookup, a tuple's remembered one
-        for weights in (np.ones(1, dtype=f64), session_weights):
+        for weights in (np.ones(1, dtype=f32), shared):  # positional_weights: computed, or cached (read-only)
             session_profile(np.array([0, 1], dtype=i32), np.zeros(1, dtype=i32), np.ones(1, dtype=f32), np.zeros(1, dtype=i32), np.ones(1, dtype=f32), session, weights)
     _WARMED.append(True)
 
