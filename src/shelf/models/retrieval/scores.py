@@ -239,7 +239,7 @@ class SparseScores:
         kernels = compiled()
         # Ties to the lower item whatever the order held (the items are unique); one compiled
         # call instead of top_of's partition, masks and lexsort (the same order: tested).
-        return kernels.top_bucketed(self.values, self.idx, n)  # type: ignore[no-any-return]
+        return kernels.top_pairs(self.values, self.idx, n)  # type: ignore[no-any-return]
 
     def at(self, idx: np.ndarray) -> np.ndarray:
         if not self._ordered:
