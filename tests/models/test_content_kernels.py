@@ -76,33 +76,6 @@ def test_pairwise_sum_is_numpys_sum() -> None:
         assert got == want or (n == 0 and got == 0.0), n
 
 
-@pytest.mark.parametrize("seed", range(20))
-def test_top_pairs_is_a_lexsort_whichever_bins_hold_the_values(seed: int) -> None:
-    rng = np.random.default_rng(seed)
-    m = int(rng.integers(0, 2000))
-    if seed % 4 == 0:
-        values = rng.standard_normal(m).astype(np.float32)  # negatives and positives
-    elif seed % 4 == 1:
-        values = ((rng.integers(-3, 6, m)) / 3.0).astype(np.float32)  # many ties, zeros
-    elif seed % 4 == 2:
-        values = np.full(m, 0.5, dtype=np.float32)  # one bin holds everything
-    else:
-        values = (rng.random(m) * 10.0 ** rng.uniform(-30, 30, m)).astype(
-            np.float32
-        )  # a wide range
-    if m:
-        values[rng.integers(m)] = np.float32(-0.0)  # ties with 0.0, as floats compare
-    keys = (
-        rng.choice(2**32, m, replace=False) if seed % 2 else rng.permutation(10 * m + 1)[:m]
-    ).astype(np.int64)
-    for n in (0, 1, 7, 200, m // 2, m - 1, m, m + 3):
-        want = np.lexsort((keys, -values))[: max(n, 0)]
-        got_keys, got_values = kernels.top_pairs(values, keys, n)
-        np.testing.assert_array_equal(got_keys, keys[want])
-        np.testing.assert_array_equal(got_values, values[want])
-        assert got_keys.dtype == np.int64 and got_values.dtype == np.float32
-
-
 def test_posting_total_is_the_summed_lengths() -> None:
     x = sp.random(50, 30, density=0.2, format="csr", dtype=np.float32, random_state=0)
     by_feature = sp.csr_matrix(x.T)

@@ -174,22 +174,33 @@ def test_top_by_key_is_a_lexsort(seed: int) -> None:
         np.testing.assert_array_equal(kernels.top_by_key(values, keys, n), np.lexsort((keys, -values))[:n])
 
 
-@pytest.mark.parametrize("seed", range(20))
+@pytest.mark.parametrize("seed", range(40))
 def test_top_pairs_is_a_lexsort_of_float32(seed: int) -> None:
+    """Best first, ties to the lower key, whichever of its bins the values fall in: spread,
+    bunched into one bin, all equal, many ties, a wide range, negatives, both zeros, tiny, empty."""
     rng = np.random.default_rng(seed)
-    m = int(rng.integers(0, 400))
-    if seed % 3 == 0:
+    m = int(rng.integers(0, 2000)) if seed % 5 else int(rng.integers(0, 4))
+    kind = seed % 6
+    if kind == 0:
         values = rng.standard_normal(m).astype(np.float32)  # negatives and positives
-    else:
+    elif kind == 1:
         values = ((rng.integers(-3, 6, m)) / 3.0).astype(np.float32)  # many ties, zeros
+    elif kind == 2:
+        values = np.full(m, 0.5, dtype=np.float32)  # one bin holds everything
+    elif kind == 3:
+        values = np.float32(0.5) + rng.random(m).astype(np.float32) * np.float32(1e-6)  # bunched
+    elif kind == 4:
+        values = (rng.random(m) * 10.0 ** rng.uniform(-30, 30, m)).astype(np.float32)  # a wide range
+    else:
+        values = rng.exponential(size=m).astype(np.float32)
     if m:
         values[rng.integers(m)] = np.float32(-0.0)  # ties with 0.0, as floats compare
     keys = (rng.choice(2**32, m, replace=False) if seed % 2 else rng.permutation(10 * m + 1)[:m]).astype(np.int64)  # up to the largest key
-    for n in (0, 1, 7, m // 2, m, m + 3):
-        want = np.lexsort((keys, -values))[:n]
+    for n in (0, 1, 7, 200, 204, m // 3, m // 2, m - 1, m, m + 3):
+        want = np.lexsort((keys, -values))[: max(n, 0)]
         got_keys, got_values = kernels.top_pairs(values, keys, n)
         np.testing.assert_array_equal(got_keys, keys[want])
-        np.testing.assert_array_equal(got_values, values[want])  # -0.0 comes back as 0.0, equal as floats
+        np.testing.assert_array_equal(got_values.view(np.uint32), (values[want] + np.float32(0)).view(np.uint32))  # -0.0 comes back as 0.0
         assert got_keys.dtype == np.int64 and got_values.dtype == np.float32
 
 

@@ -211,33 +211,6 @@ def test_segment_key_is_the_sorted_codes(data: Interactions, segments: tuple[str
     assert model.warm(datetime(2024, 5, 3, 14, tzinfo=UTC)) >= 1
 
 
-@pytest.mark.parametrize("seed", range(30))
-def test_top_pairs_is_a_lexsort_of_spread_and_bunched_float32(seed: int) -> None:
-    """Best first, ties to the lower key, whichever way the bins fall (spread values, bunched ones, ties, negatives, both zeros, tiny and empty)."""
-    rng = np.random.default_rng(seed)
-    m = int(rng.integers(0, 900)) if seed % 5 else int(rng.integers(0, 4))
-    keys = rng.choice(200_000, m, replace=False).astype(np.int64)
-    kind = seed % 4
-    if kind == 0:
-        values = rng.exponential(size=m).astype(np.float32) * np.float32(
-            10.0 ** rng.integers(-6, 3)
-        )
-    elif kind == 1:
-        values = (rng.integers(-3, 4, m) / 3.0).astype(np.float32)  # few values, many ties
-        values[values == 0] = np.where(rng.random(int((values == 0).sum())) < 0.5, -0.0, 0.0)
-    elif kind == 2:
-        values = np.float32(0.5) + rng.random(m).astype(np.float32) * np.float32(1e-6)  # one bucket
-    else:
-        values = rng.normal(size=m).astype(np.float32)
-    for n in (0, 1, 7, m // 3, m // 2, m - 1, m, m + 3, 204):
-        got = kernels.top_pairs(values, keys, n)
-        order = np.lexsort((keys, -values.astype(np.float64)))[: max(n, 0)]
-        np.testing.assert_array_equal(got[0], keys[order])
-        np.testing.assert_array_equal(
-            got[1].view(np.uint32), (values[order] + np.float32(0)).view(np.uint32)
-        )
-
-
 def test_group_columns_sums_onto_zero_as_bincount() -> None:
     """Each column's products are summed onto 0.0, as ``np.bincount`` sums them: a column whose
     only product is -0.0 sums to +0.0, bit for bit (its single-table grouping keeps that)."""
