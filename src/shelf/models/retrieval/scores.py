@@ -264,7 +264,26 @@ class SparseScores:
         return float(self.values.min()), float(self.values.max())
 
 
-class RankedRow:
+class _SparseBacked:
+    """Scores of one query whose ``at``, ``dense`` and ``bounds`` are those of a ``SparseScores``
+    built the first time one of them is asked (``sparse``): a blend's request asks only ``top``."""
+
+    __slots__ = ()
+
+    def sparse(self) -> SparseScores:
+        raise NotImplementedError
+
+    def at(self, idx: np.ndarray) -> np.ndarray:
+        return self.sparse().at(idx)
+
+    def dense(self) -> np.ndarray:
+        return self.sparse().dense()
+
+    def bounds(self) -> tuple[float, float] | None:
+        return self.sparse().bounds()
+
+
+class RankedRow(_SparseBacked):
     """A sparse row whose entries are held ranked (best first, ties to the lower item; the caller
     guarantees it, and that the values are finite and positive): top-n is two slices, no compiled
     call, no gather (a repeat history row, ranked once per fit or load: ~10 µs of a known
@@ -289,17 +308,8 @@ class RankedRow:
             self._sparse = SparseScores(self.items, self.values, self.size)
         return self._sparse
 
-    def at(self, idx: np.ndarray) -> np.ndarray:
-        return self.sparse().at(idx)
 
-    def dense(self) -> np.ndarray:
-        return self.sparse().dense()
-
-    def bounds(self) -> tuple[float, float] | None:
-        return self.sparse().bounds()
-
-
-class NeighbourScores:
+class NeighbourScores(_SparseBacked):
     """The co-occurrence scores of one request (``kernels.neighbour_scores``: the summed,
     recency-weighted neighbour rows of the query items), computed when first asked: ``top(n)``
     sums and selects in one compiled call (``kernels.neighbour_top``), which is all a blend's
@@ -316,7 +326,7 @@ class NeighbourScores:
     def __len__(self) -> int:
         return self.size
 
-    def sums(self) -> SparseScores:
+    def sparse(self) -> SparseScores:
         """Every proposed item with its score (computed once)."""
         if self._sums is None:
             kernels = compiled()
@@ -328,15 +338,6 @@ class NeighbourScores:
             return self._sums.top(n)
         kernels = compiled()
         return kernels.neighbour_top(*self._args, max(n, 0))  # type: ignore[no-any-return]
-
-    def at(self, idx: np.ndarray) -> np.ndarray:
-        return self.sums().at(idx)
-
-    def dense(self) -> np.ndarray:
-        return self.sums().dense()
-
-    def bounds(self) -> tuple[float, float] | None:
-        return self.sums().bounds()
 
 
 class RankedScores:
