@@ -133,7 +133,8 @@ def light_blend(content: bool = True) -> Any:
 class Server:
     def __init__(self, kind: str, home: Path, key: str) -> None:
         self.port = free_port()
-        env = os.environ | {"SHELF_HOME": str(home), "SHELF_PSEUDONYM_KEY": key, "SHELF_DEV": "0", "PYTHONPATH": str(ROOT)}
+        # This checkout's shelf, as the other benches run it (not whichever the venv installed).
+        env = os.environ | {"SHELF_HOME": str(home), "SHELF_PSEUDONYM_KEY": key, "SHELF_DEV": "0", "PYTHONPATH": str(ROOT / "src") + os.pathsep + str(ROOT)}
         self.process = subprocess.Popen([sys.executable, "-m", "bench._serve_child", kind, str(self.port)], env=env, cwd=ROOT)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
