@@ -450,6 +450,7 @@ def main(argv: list[str]) -> None:
     small = in_process(args.items, 5_000, 7, 600)
     big = in_process(args.big_items, 5_000, 7, 300)
     m = {k: median(v) for k, v in results.items()}
+    per_run = " / ".join(f"{r / h:.2f}x" for r, h in zip(results["recs_rps"], results["hello_rps"], strict=True))  # the spread behind the median
     uvicorn_settings = ", ".join(f"{k}={v!r}" for k, v in UVICORN.items())
     body = f"""
 Shop: simulated, {args.items:,} items, {args.users:,} users, 14 days ({shop['events']:,} events); blend of repeat,
@@ -462,6 +463,7 @@ server share the machine (the client, on uvloop, used {min(CLIENT_BUSY):.0%} to 
 | measure | shelf | hello | ratio | target |
 |---|---:|---:|---:|---|
 | throughput, closed loop (requests/s) | {m['recs_rps']:,.0f} | {m['hello_rps']:,.0f} | {m['recs_rps'] / m['hello_rps']:.2f}x | >= 0.5x |
+| throughput ratio of each run, closed loop (shelf / hello, same run) | | | {per_run} | |
 | throughput vs a `def` hello (FastAPI thread pool), closed loop (requests/s) | {m['recs_rps']:,.0f} | {m['hello_sync_rps']:,.0f} | {m['recs_rps'] / m['hello_sync_rps']:.2f}x | |
 | by kind, closed loop: known users / sessions / anonymous alone (requests/s) | {m['kind0_rps']:,.0f} / {m['kind1_rps']:,.0f} / {m['kind2_rps']:,.0f} | {m['hello_rps']:,.0f} | {m['kind0_rps'] / m['hello_rps']:.2f}x / {m['kind1_rps'] / m['hello_rps']:.2f}x / {m['kind2_rps'] / m['hello_rps']:.2f}x | |
 | latency p50, open loop at {args.rate:.0f} req/s (ms) | {m['recs_p50']:.1f} | {m['hello_p50']:.1f} | {m['recs_p50'] / m['hello_p50']:.1f}x | |
