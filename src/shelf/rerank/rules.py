@@ -186,24 +186,7 @@ class Filters:
             names = items.sources[:n].tolist() if items.sources is not None else [""] * len(head)
             if _strings(names):
                 return Chosen(head, items.scores[:n].tolist(), names)
-        scores = items.scores.tolist()
-        sources = items.sources.tolist() if items.sources is not None else None
-        seen: set[str] = set()
-        kept: list[str] = []
-        kept_scores: list[float] = []
-        kept_sources: list[str] = []
-        for i, item in enumerate(items.items.tolist()):
-            if len(kept) >= n:
-                break
-            if type(item) is not str:
-                item = str(item)
-            if item in seen or item in out_of_stock or item in exclude or item in bought:
-                continue
-            seen.add(item)
-            kept.append(item)
-            kept_scores.append(scores[i])
-            kept_sources.append(str(sources[i]) if sources is not None else "")
-        return Chosen(kept, kept_scores, kept_sources)
+        return as_chosen(self.head(query, items, n))  # something is filtered out: head's loop
 
     def _general(self, ids: list[str], exclude: Collection[str], bought: Collection[str], keep_unknown: bool) -> list[int]:
         lookup = self.catalogue.get if self.catalogue is not None else None

@@ -160,8 +160,7 @@ class PopularityRetriever(RetrieverBase):
         for segment in self.segment_values_:
             if segment == "time_of_day":
                 if ctx.timestamp is not None:
-                    hour = ctx.timestamp.astimezone(UTC).hour if ctx.timestamp.tzinfo else ctx.timestamp.hour
-                    wanted[segment] = str(hour * self.config.time_of_day_bands // 24)  # _band, on one int
+                    wanted[segment] = self._time_of_day(ctx.timestamp)
                 continue
             value = getattr(ctx, segment, None)
             if value is None and u >= 0 and segment in self.user_segments_:
@@ -175,6 +174,11 @@ class PopularityRetriever(RetrieverBase):
             if code is not None:
                 codes[segment] = code
         return codes
+
+    def _time_of_day(self, timestamp: datetime) -> str:
+        """The request's time-of-day band as the segment stores it (``_band``, on one hour, UTC)."""
+        hour = timestamp.astimezone(UTC).hour if timestamp.tzinfo else timestamp.hour
+        return str(hour * self.config.time_of_day_bands // 24)
 
     def _code_index(self, segment: str) -> dict[Any, int]:
         """Segment value → its row (the first one holding it), built once per fit or load."""
@@ -244,8 +248,7 @@ class PopularityRetriever(RetrieverBase):
             part = keys[combos[u]]
         if ctx.timestamp is None or "time_of_day" not in self.segment_values_:
             return part
-        hour = ctx.timestamp.astimezone(UTC).hour if ctx.timestamp.tzinfo else ctx.timestamp.hour
-        code = self._code_index("time_of_day").get(str(hour * self.config.time_of_day_bands // 24))  # _band, on one int
+        code = self._code_index("time_of_day").get(self._time_of_day(ctx.timestamp))
         # "time_of_day" sorts after "age_band" and "region": the sorted key ends with it.
         return part if code is None else (*part, ("time_of_day", code))
 
