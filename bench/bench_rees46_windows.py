@@ -63,6 +63,8 @@ CORE = ("shelf-blend", "default (N=200, neural, w auto)", "rerank (N=100, top 30
         "N=100 neural w=0.5", "N=100 neural w=1", "N=300 neural w=0.5", "N=300 neural w=1")
 
 
+ONLY: list[str] = []  # --only: name prefixes of the configs to run (shelf-blend always)
+
 SHORT_S = 300  # --variant short: a 5-minute label window (REES46 sessions are short)
 
 
@@ -134,6 +136,8 @@ def run_window(lake: Any, test_cut: Any, origin: Any, length: timedelta, extras:
     assert split.train.as_of is None or split.train.as_of <= origin
     assert pc.max(split.train_inputs["events"]["timestamp"]).as_py() < origin
     models = configs(WINDOW_S, extras, variant)
+    if ONLY:
+        models = {k: v for k, v in models.items() if k == BASE or k.startswith(tuple(ONLY))}
     started = time.perf_counter()
     res = evaluate(None, split, models, ks=(10,), target=ANY_ENGAGEMENT, views=VIEWS)
     wall = time.perf_counter() - started
@@ -277,7 +281,11 @@ def main(argv: list[str]) -> None:
     p.add_argument("--cache", default="/tmp/shelf-bench-rees46-windows")
     p.add_argument("--out", default="/tmp/shelf-bench-rees46-windows.md")
     p.add_argument("--report-only", action="store_true")
+    p.add_argument("--section", default=None, help="also write the report into this BENCHMARKS.md section")
+    p.add_argument("--only", default="", help="comma-separated name prefixes: run shelf-blend and those configs only "
+                   "(e.g. 'rerank' after a change to the re-ranker; use a fresh --cache)")
     args = p.parse_args(argv)
+    ONLY[:] = [x for x in args.only.split(",") if x]
     try:
         import torch
 
@@ -345,6 +353,11 @@ def main(argv: list[str]) -> None:
             "below. Nothing here reads the test cut; see `bench/bench_rees46_windows.py` for the protocol.\n\n" + body
         )
         write_section("twostage-rees46-windows", "Two-stage on REES46: rolling-origin validation inside the training side", body, command_line())
+    elif args.section:
+        from bench.common import command_line, write_section
+
+        body = text.split("\n", 2)[2]
+        write_section(args.section, "Two-stage on REES46, rolling-origin validation: " + (", ".join(ONLY) or "every config"), body, command_line())
     else:
         print(text)
 

@@ -261,7 +261,8 @@ def test_probability_mix_with_a_rerank_depth(split: UserSplit) -> None:
 def test_rerank_two_stage_builds_the_recipe() -> None:
     model = rerank_two_stage(small_blend(), label_window_s=WINDOW, n_cuts=4)
     c = model.config
-    assert (c.n_candidates, c.rerank_depth, c.mix, c.refit_on_held, c.features, c.ranker_weight) == (100, 30, "rank", True, "relative", None)
+    assert (c.n_candidates, c.rerank_depth, c.mix, c.refit_on_held, c.features, c.ranker_weight) == (100, 30, "rank", True, "relative", 0.75)
+    assert c.relative_to_all
     assert c.label_window_s == WINDOW and c.n_cuts == 4
     assert model.ranker.config.objective == "lambdarank" and model.ranker.config.n_models == 5
     assert "item_id" not in model.feature_set.names
@@ -279,3 +280,36 @@ def test_ranker_rounds_are_chosen_on_the_held_cuts(fitted: TwoStage) -> None:
     assert refit.booster_.num_trees() == best
     with pytest.raises(ModelError):
         TwoStageConfig(ranker_rounds=(10,)).validate()  # the probability mix needs calibrated scores
+
+
+def test_relative_to_all_compares_the_head_with_every_candidate(split: UserSplit) -> None:
+    """Only the head's rows are examples, but their within-request percentiles are taken over all
+    the candidates, in training and at serving alike."""
+    model = make(relative_to_all=True).fit(split.train)
+    rs = model.ranking_set_
+    assert rs.examples["candidate_rank"].to_numpy().max() == DEPTH - 1
+    assert np.bincount(rs.request)[np.bincount(rs.request) > 0].max() == DEPTH
+    pct = rs.features.column("pct_item_all")
+    # among 30 candidates the head's percentiles need not reach the bottom third, nor all reach 1
+    assert np.nanmin(pct) > 0.0 and np.nanmin(pct) < 1.0
+    # serving: the head's frame is the first rows of the frame over every candidate
+    query = _query(split, 0)
+    found = model.retriever.retrieve(retrieval_query(query), model.config.n_candidates)
+    ours, p, order = model.rank(query)
+    assert ours.items[:DEPTH].tolist() == found.items[:DEPTH].tolist()
+    whole = model.online_.frame(query, ours.head(model.config.n_candidates))
+    head_only = model.online_.frame(query, ours.head(DEPTH))
+    # percentiles differ between the two framings (the test would not tell them apart otherwise)
+    assert not np.allclose(whole.column("pct_item_all")[:DEPTH], head_only.column("pct_item_all"), equal_nan=True)
+    # rank() hands the ranker the head's rows of the whole-list frame (recorded on the way through)
+    seen = []
+    predict = model.ranker_.predict_with_logits
+    model.ranker_.predict_with_logits = lambda frame: (seen.append(frame), predict(frame))[1]  # type: ignore[method-assign]
+    try:
+        _, p_again, order_again = model.rank(query)
+    finally:
+        del model.ranker_.predict_with_logits
+    assert len(seen) == 1 and len(seen[0]) == DEPTH
+    np.testing.assert_array_equal(seen[0].numeric, whole.numeric[:DEPTH])
+    np.testing.assert_array_equal(order_again, order)
+    assert np.isfinite(p).all()
