@@ -357,6 +357,9 @@ def main(argv: list[str]) -> None:
         from bench.common import command_line, write_section
 
         body = text.split("\n", 2)[2]
+        if ONLY:
+            body = (f"Only shelf-blend and the configs named {', '.join(ONLY)}* were run, with the code this section was written "
+                    "from (per-window results cached under `--cache`); nothing here reads the test cut.\n\n" + body)
         write_section(args.section, "Two-stage on REES46, rolling-origin validation: " + (", ".join(ONLY) or "every config"), body, command_line())
     else:
         print(text)

@@ -180,7 +180,8 @@ class TwoStageConfig:
             candidate with every retrieved candidate (``n_candidates``), not only with the reranked
             head: "how popular is this item among the 100 the blend found" says more than among
             the 30 it put first. Only the head is scored either way. On three MovieLens validation
-            cuts the re-ranker gained ~3 points more over the blend this way.
+            cuts the re-ranker (w = 0.75) reached 1.086x the blend this way, 1.031x with the
+            percentiles over the head alone.
         features: the feature set when none is given. ``"default"``: ``default_feature_set``
             (+ source scores and ranks); ``"relative"``: ``relative_feature_set`` (retrieval
             ranks, item trends and within-request percentiles; no item id, no raw counts), its
