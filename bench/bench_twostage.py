@@ -164,7 +164,6 @@ def _rerank_grid(window_s: int, shared: dict[str, Any]) -> dict[str, Any]:
 
 RERANK_AUTO = "rerank (N={n}, top 30, w auto)"
 DEFAULT_AUTO = "neural (N=200, w auto)"
-SHIPPED_W = 0.75  # rerank_two_stage's ranker_weight: what `shelf train` ships as shelf-twostage
 
 
 def _score(result: Any, name: str) -> float:
@@ -325,12 +324,15 @@ def run_case(case: Any, work: Path, requests: int, log: list[str]) -> str:
     # label window as the grid.
     shipped_kept: list[Any] = []
     neural_kept: list[Any] = []
-    shipped_name = f"shelf-twostage (re-ranker, N={RERANK_N}, top 30, w={SHIPPED_W:g})"
+    from shelf.models.twostage import rerank_two_stage
+
+    shipped_w = rerank_two_stage().config.ranker_weight  # the weight `shelf train` ships (the zoo's shelf-twostage)
+    shipped_name = f"shelf-twostage (re-ranker, N={RERANK_N}, top 30, w={shipped_w:g})"
     neural_name = f"shelf-twostage-neural ({DEFAULT_AUTO})"
     rerank_name = f"re-ranker, w auto ({RERANK_AUTO.format(n=RERANK_N)})"
     models = {
         name: _factory(n_best, ranker_best, window_s, keep=kept, weight=w_best),
-        shipped_name: _factory(RERANK_N, RERANK, window_s, keep=shipped_kept, weight=SHIPPED_W),
+        shipped_name: _factory(RERANK_N, RERANK, window_s, keep=shipped_kept, weight=shipped_w),
         neural_name: _factory(200, "neural", window_s, keep=neural_kept, weight=None),
         rerank_name: _factory(RERANK_N, RERANK, window_s, weight=None),
         **pick(["shelf-blend", *PEERS], tune=True),
