@@ -15,6 +15,7 @@ BENCHMARKS = {
     "serving": "bench.bench_serving",
     "twostage": "bench.bench_twostage",
     "rees46-windows": "bench.bench_rees46_windows",
+    "movielens-windows": "bench.bench_movielens_windows",
     "scale": "bench.bench_scale",
 }
 
