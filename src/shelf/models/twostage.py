@@ -180,8 +180,9 @@ class TwoStageConfig:
             candidate with every retrieved candidate (``n_candidates``), not only with the reranked
             head: "how popular is this item among the 100 the blend found" says more than among
             the 30 it put first. Only the head is scored either way. On three MovieLens validation
-            cuts the re-ranker (w = 0.75) reached 1.086x the blend this way, 1.031x with the
-            percentiles over the head alone.
+            cuts the re-ranker (w = 0.75) reached 1.085x the blend this way (BENCHMARKS
+            "twostage"); with the percentiles over the head alone, 1.031x in a one-off experiment
+            that no bench reproduces (issue 5, stop 15 note).
         features: the feature set when none is given. ``"default"``: ``default_feature_set``
             (+ source scores and ranks); ``"relative"``: ``relative_feature_set`` (retrieval
             ranks, item trends and within-request percentiles; no item id, no raw counts), its
@@ -1139,9 +1140,10 @@ def rerank_ranker(seed: int = 0) -> LightGBMRanker:
     early stopping (LightGBM's scores the ranker alone and stopped MovieLens after 1–2 trees).
 
     Short on purpose: on three MovieLens validation cuts inside the training side (291 users), 50
-    trees at 0.03 gained over the blend on every cut (mixed at w = 0.5–0.75), where the former 200
-    trees at 0.05 fitted the training moments' hits and lost at w = 1 (0.98× pooled). It also keeps
-    ranking 500 candidates at a few milliseconds (250 trees in all)."""
+    trees at 0.03 gained over the blend at every weight (BENCHMARKS "twostage", rows "rerank"),
+    where the former 200 trees at 0.05 lost at w = 1 (0.98x pooled, in a one-off experiment that
+    no bench reproduces: issue 5, stop 15 note). 250 trees in all keep ranking 500 candidates
+    under 5 ms (median, BENCHMARKS "twostage")."""
     from shelf.models.ranking import LightGBMRankerConfig
 
     return LightGBMRanker(LightGBMRankerConfig(
